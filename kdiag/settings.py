@@ -1,0 +1,83 @@
+"""Settings of every kdiag component, in one frozen object.
+
+Each field can be set from the environment as KDIAG_<FIELD NAME IN CAPITALS>, for example
+KDIAG_BOOTSTRAP_SERVERS=127.0.0.1:19092. Command-line options override the environment.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+from dataclasses import dataclass, fields
+from pathlib import Path
+
+from kdiag.errors import ConfigError
+
+PROJECT_ROOT = Path(__file__).resolve().parent.parent
+
+
+@dataclass(frozen=True)
+class Settings:
+    bootstrap_servers: str = "127.0.0.1:19092"
+    # Topics. The changes topic carries ChangeBatch records; see docs/design.md for its key.
+    changes_topic: str = "kdiag-changes"
+    alerts_topic: str = "kdiag-alerts"
+    dead_letter_topic: str = "kdiag-dead-letters"
+    partitions: int = 6
+    replication_factor: int = 1
+    # Worker.
+    app_id: str = "kdiag-worker"
+    state_dir: Path = PROJECT_ROOT / "var" / "state"
+    rules_dir: Path = PROJECT_ROOT / "rules"
+    schemas_dir: Path = PROJECT_ROOT / "schemas"
+    batch_max_records: int = 200
+    commit_interval_seconds: float = 0.1
+    transaction_timeout_seconds: float = 60.0
+    session_timeout_seconds: float = 10.0
+    heartbeat_interval_seconds: float = 2.0
+    metrics_port: int = 0
+    web_port: int = 6066
+    # Connectors.
+    cluster: str = "replay"
+    batch_max_changes: int = 100
+    linger_seconds: float = 0.05
+    max_record_bytes: int = 1_000_000
+
+    @property
+    def changelog_topic(self) -> str:
+        """Compacted topic that backs the worker's RocksDB state."""
+        return f"{self.app_id}-state-changelog"
+
+    def replace(self, **changes: object) -> "Settings":
+        return dataclasses.replace(self, **changes)
+
+
+def _convert(name: str, annotation: str, raw: str) -> object:
+    try:
+        if annotation == "int":
+            return int(raw)
+        if annotation == "float":
+            return float(raw)
+        if annotation == "Path":
+            return Path(raw)
+        return raw
+    except ValueError:
+        raise ConfigError(
+            f"invalid value {raw!r} for KDIAG_{name.upper()}: expected {annotation}; "
+            f"fix the environment variable or unset it"
+        ) from None
+
+
+def load_settings(environ: dict[str, str] | None = None, **overrides: object) -> Settings:
+    """Build Settings from defaults, then KDIAG_* variables, then explicit overrides."""
+    environ = dict(os.environ) if environ is None else environ
+    values: dict[str, object] = {}
+    for field in fields(Settings):
+        raw = environ.get(f"KDIAG_{field.name.upper()}")
+        if raw is not None:
+            values[field.name] = _convert(field.name, str(field.type), raw)
+    values.update({key: value for key, value in overrides.items() if value is not None})
+    settings = Settings(**values)
+    if settings.partitions < 1:
+        raise ConfigError(f"partitions must be at least 1, got {settings.partitions}")
+    return settings
