@@ -1,0 +1,61 @@
+"""The `kdiag` command line.
+
+Each subcommand lives in the module that does the work and exposes `add_arguments(parser)` and
+`run(args, settings) -> int`. This is the only module of the kdiag package that imports connectors and
+streams, and it does so lazily, so that the rule engine never depends on them.
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib
+import logging
+import sys
+
+from kdiag.errors import KdiagError
+from kdiag.logs import configure_logging
+from kdiag.settings import load_settings
+
+log = logging.getLogger(__name__)
+
+# subcommand -> (module, help text)
+SUBCOMMANDS: dict[str, tuple[str, str]] = {
+    "worker": ("streams.worker", "run a stream worker that evaluates rules and emits alerts"),
+    "replay": ("connectors.replay", "publish recorded history files to the changes topic"),
+    "alerts": ("connectors.alerts", "print alerts from the alerts topic"),
+    "topics": ("kdiag.topics_command", "create kdiag's topics"),
+}
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="kdiag", description=__doc__.splitlines()[0])
+    parser.add_argument(
+        "--bootstrap-servers",
+        help="Kafka bootstrap servers, host:port[,host:port] (default: KDIAG_BOOTSTRAP_SERVERS or 127.0.0.1:19092)",
+    )
+    parser.add_argument("--log-level", default="INFO", help="DEBUG, INFO, WARNING or ERROR (default INFO)")
+    commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+    for name, (module_name, help_text) in SUBCOMMANDS.items():
+        subparser = commands.add_parser(name, help=help_text, description=help_text)
+        module = importlib.import_module(module_name)
+        module.add_arguments(subparser)
+        subparser.set_defaults(module=module)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    configure_logging(args.log_level)
+    try:
+        settings = load_settings(bootstrap_servers=args.bootstrap_servers)
+        return int(args.module.run(args, settings) or 0)
+    except KdiagError as error:
+        print(f"kdiag {args.command}: {error}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,66 @@
+"""Creation of kdiag's topics with the partition count and cleanup policy each needs."""
+
+from __future__ import annotations
+
+import logging
+
+from confluent_kafka import KafkaError, KafkaException
+from confluent_kafka.admin import AdminClient, NewTopic
+
+from kdiag.errors import KdiagError
+from kdiag.settings import Settings
+
+log = logging.getLogger(__name__)
+
+
+def topic_specs(settings: Settings) -> list[NewTopic]:
+    """Topics of one kdiag installation.
+
+    The changelog is compacted and has as many partitions as the changes topic, because partition p of
+    the changelog holds the worker state for partition p of the changes topic.
+    """
+    replication = settings.replication_factor
+    return [
+        NewTopic(settings.changes_topic, settings.partitions, replication),
+        NewTopic(settings.alerts_topic, settings.partitions, replication),
+        NewTopic(settings.dead_letter_topic, 1, replication),
+        NewTopic(
+            settings.changelog_topic,
+            settings.partitions,
+            replication,
+            config={"cleanup.policy": "compact", "min.compaction.lag.ms": "60000"},
+        ),
+    ]
+
+
+def ensure_topics(settings: Settings, timeout_seconds: float = 30.0) -> list[str]:
+    """Create the missing topics and return their names. Existing topics are checked, not changed."""
+    admin = AdminClient({"bootstrap.servers": settings.bootstrap_servers})
+    try:
+        existing = admin.list_topics(timeout=timeout_seconds).topics
+    except KafkaException as error:
+        raise KdiagError(
+            f"cannot reach Kafka at {settings.bootstrap_servers}: {error}; "
+            f"start the broker (make kafka-up) or set KDIAG_BOOTSTRAP_SERVERS"
+        ) from None
+    created: list[str] = []
+    missing = [spec for spec in topic_specs(settings) if spec.topic not in existing]
+    if missing:
+        futures = admin.create_topics(missing, operation_timeout=timeout_seconds)
+        for name, future in futures.items():
+            try:
+                future.result()
+                created.append(name)
+                log.info("topic created", extra={"topic": name})
+            except KafkaException as error:
+                if error.args[0].code() != KafkaError.TOPIC_ALREADY_EXISTS:
+                    raise KdiagError(f"cannot create topic {name}: {error}") from None
+    for spec in topic_specs(settings):
+        metadata = admin.list_topics(topic=spec.topic, timeout=timeout_seconds).topics.get(spec.topic)
+        count = len(metadata.partitions) if metadata else 0
+        if spec.topic != settings.dead_letter_topic and count != settings.partitions:
+            raise KdiagError(
+                f"topic {spec.topic} has {count} partitions, expected {settings.partitions}; "
+                f"set KDIAG_PARTITIONS={count} or recreate the topic"
+            )
+    return created
