@@ -1,0 +1,64 @@
+"""The Faust application of the stream worker.
+
+One agent consumes the changes topic in batches (`take_events`) and hands each batch to the
+WorkerRuntime, which commits the batch's alerts and state in Kafka transactions. Faust acknowledges
+the events only after the agent's loop body returns, so the consumer group's committed offset never
+passes what the transactions committed; records that Faust delivers again after a crash are
+recognised by offset and skipped.
+"""
+
+from __future__ import annotations
+
+import logging
+from typing import Any
+
+import faust
+
+from kdiag.rules import RuleSet
+from kdiag.settings import Settings
+from streams.runtime import InputRecord, WorkerRuntime
+
+log = logging.getLogger(__name__)
+
+
+def create_app(settings: Settings, rule_set: RuleSet) -> tuple[faust.App, WorkerRuntime]:
+    app = faust.App(
+        settings.app_id,
+        broker=[f"kafka://{server}" for server in settings.bootstrap_servers.split(",")],
+        store="memory://",
+        key_serializer="raw",
+        value_serializer="raw",
+        topic_partitions=settings.partitions,
+        topic_disable_leader=True,
+        web_enabled=False,
+        consumer_auto_offset_reset="earliest",
+        broker_session_timeout=settings.session_timeout_seconds,
+        broker_heartbeat_interval=settings.heartbeat_interval_seconds,
+        stream_wait_empty=False,
+    )
+    runtime = WorkerRuntime(settings, rule_set)
+    changes = app.topic(settings.changes_topic, key_type=bytes, value_type=bytes, internal=False)
+
+    @app.agent(changes, name="evaluate-rules")
+    async def evaluate_rules(stream: faust.Stream) -> None:
+        async for events in stream.take_events(
+            settings.batch_max_records, within=settings.commit_interval_seconds
+        ):
+            records = [
+                InputRecord(event.message.partition, event.message.offset, event.value) for event in events
+            ]
+            runtime.process(records)
+
+    @app.on_partitions_assigned.connect
+    async def on_assigned(sender: Any, assigned: set[Any], **kwargs: Any) -> None:
+        runtime.assign(tp.partition for tp in assigned if tp.topic == settings.changes_topic)
+
+    @app.on_partitions_revoked.connect
+    async def on_revoked(sender: Any, revoked: set[Any], **kwargs: Any) -> None:
+        runtime.release(tp.partition for tp in revoked if tp.topic == settings.changes_topic)
+
+    @app.on_before_shutdown.connect
+    async def on_shutdown(sender: Any, **kwargs: Any) -> None:
+        runtime.close()
+
+    return app, runtime

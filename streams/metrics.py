@@ -1,0 +1,19 @@
+"""Prometheus metrics of the stream worker."""
+
+from prometheus_client import Counter, Gauge, Histogram
+
+RECORDS = Counter("kdiag_worker_records_total", "Changes-topic records processed", ["partition"])
+CHANGES = Counter("kdiag_worker_changes_total", "Resource changes evaluated")
+TICKS = Counter("kdiag_worker_ticks_total", "Ticks applied")
+SKIPPED = Counter("kdiag_worker_records_skipped_total", "Records skipped because an earlier run committed them")
+ALERTS = Counter("kdiag_worker_alerts_total", "Alert transitions emitted", ["status"])
+DEAD_LETTERS = Counter("kdiag_worker_dead_letters_total", "Records sent to the dead-letter topic")
+TRANSACTIONS = Counter("kdiag_worker_transactions_total", "Kafka transactions", ["outcome"])
+RESTORED = Counter("kdiag_worker_changelog_records_restored_total", "Changelog records applied on partition start")
+ENTRIES = Gauge("kdiag_worker_entries", "Active rule entries", ["state"])
+PARTITIONS = Gauge("kdiag_worker_partitions", "Changes-topic partitions this worker owns")
+BATCH_SECONDS = Histogram(
+    "kdiag_worker_batch_seconds",
+    "Time to process and commit one batch",
+    buckets=(0.001, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5),
+)

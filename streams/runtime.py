@@ -1,0 +1,187 @@
+"""The worker's partitions: their state, processors and transactional producers.
+
+WorkerRuntime is driven by the Faust agent in streams/app.py: it receives batches of changes-topic
+events, runs them through each partition's PartitionProcessor and commits every partition's outputs
+in that partition's Kafka transaction before the agent acknowledges the events.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from dataclasses import dataclass
+from typing import Iterable, Sequence
+
+from confluent_kafka import KafkaException
+
+from kdiag.durations import FIRING_STATUS
+from kdiag.errors import KdiagError
+from kdiag.rules import RuleSet
+from kdiag.settings import Settings
+from streams import metrics
+from streams.processor import BatchResult, PartitionProcessor
+from streams.state import PartitionStore, restore
+from streams.transactions import PartitionTransactions, TransactionAborted
+
+log = logging.getLogger(__name__)
+
+MAX_TRANSACTION_ATTEMPTS = 3
+
+
+@dataclass(frozen=True, slots=True)
+class InputRecord:
+    partition: int
+    offset: int
+    value: bytes | None
+
+
+class PartitionRuntime:
+    """State, processor and producer of one owned partition."""
+
+    def __init__(self, settings: Settings, partition: int, rule_set: RuleSet) -> None:
+        self.settings = settings
+        self.partition = partition
+        self.rule_set = rule_set
+        self.transactions = PartitionTransactions(settings, partition)
+        self.transactions.initialize()
+        self.store = PartitionStore(settings.state_dir / settings.app_id, partition)
+        started = time.monotonic()
+        applied = restore(self.store, settings.bootstrap_servers, settings.changelog_topic)
+        metrics.RESTORED.inc(applied)
+        self.processor = self._load_processor()
+        log.info(
+            "partition started",
+            extra={
+                "topic": settings.changes_topic,
+                "partition": partition,
+                "restored_records": applied,
+                "restore_seconds": round(time.monotonic() - started, 3),
+                "next_offset": self.processor.next_offset,
+                "entries": len(self.processor.tracker.entries),
+            },
+        )
+
+    def _load_processor(self) -> PartitionProcessor:
+        entries, clocks, next_offset = self.store.load()
+        return PartitionProcessor(
+            self.settings.changes_topic, self.partition, self.rule_set, entries, clocks, next_offset
+        )
+
+    def process(self, records: Sequence[InputRecord]) -> BatchResult:
+        """Process records of this partition and commit their outputs in one transaction.
+
+        An aborted transaction is retried from the committed state, up to MAX_TRANSACTION_ATTEMPTS.
+        """
+        for attempt in range(1, MAX_TRANSACTION_ATTEMPTS + 1):
+            result = BatchResult()
+            for record in records:
+                self.processor.process(record.offset, record.value, result)
+            if result.records == 0:
+                return result
+            writes = self.processor.take_state_writes()
+            try:
+                changelog_offset = self.transactions.commit(
+                    result.encoded_alerts(), result.encoded_dead_letters(), writes
+                )
+            except TransactionAborted:
+                metrics.TRANSACTIONS.labels("aborted").inc()
+                log.warning(
+                    "batch retried after an aborted transaction",
+                    extra={
+                        "topic": self.settings.changes_topic,
+                        "partition": self.partition,
+                        "attempt": f"{attempt}/{MAX_TRANSACTION_ATTEMPTS}",
+                    },
+                )
+                self.processor = self._load_processor()
+                continue
+            metrics.TRANSACTIONS.labels("committed").inc()
+            self.store.apply(writes, changelog_offset)
+            return result
+        raise KdiagError(
+            f"{MAX_TRANSACTION_ATTEMPTS} transactions in a row aborted for "
+            f"{self.settings.changes_topic}[{self.partition}]; check the broker's transaction coordinator"
+        )
+
+    def close(self) -> None:
+        self.transactions.close()
+        self.store.close()
+
+
+class WorkerRuntime:
+    def __init__(self, settings: Settings, rule_set: RuleSet) -> None:
+        self.settings = settings
+        self.rule_set = rule_set
+        self.assigned: set[int] = set()
+        self.partitions: dict[int, PartitionRuntime] = {}
+
+    def assign(self, partitions: Iterable[int]) -> None:
+        self.assigned = set(partitions)
+        for partition in list(self.partitions):
+            if partition not in self.assigned:
+                self.release([partition])
+        metrics.PARTITIONS.set(len(self.assigned))
+        log.info("partitions assigned", extra={"topic": self.settings.changes_topic, "partitions": sorted(self.assigned)})
+
+    def release(self, partitions: Iterable[int]) -> None:
+        for partition in partitions:
+            self.assigned.discard(partition)
+            runtime = self.partitions.pop(partition, None)
+            if runtime is not None:
+                runtime.close()
+                log.info("partition stopped", extra={"topic": self.settings.changes_topic, "partition": partition})
+        metrics.PARTITIONS.set(len(self.assigned))
+
+    def process(self, records: Sequence[InputRecord]) -> None:
+        """Process one batch of events, in order within each partition."""
+        started = time.perf_counter()
+        by_partition: dict[int, list[InputRecord]] = {}
+        for record in records:
+            by_partition.setdefault(record.partition, []).append(record)
+        for partition, partition_records in by_partition.items():
+            if partition not in self.assigned:
+                # The partition moved to another worker during the batch; that worker processes the
+                # records again from the last committed transaction.
+                continue
+            runtime = self.partitions.get(partition)
+            if runtime is None:
+                runtime = self.partitions[partition] = PartitionRuntime(self.settings, partition, self.rule_set)
+            try:
+                result = runtime.process(partition_records)
+            except KafkaException as error:
+                log.error(
+                    "partition stopped after a fatal transaction error",
+                    extra={"topic": self.settings.changes_topic, "partition": partition, "error": str(error)},
+                )
+                self.release([partition])
+                raise
+            self._count(partition, result)
+        metrics.BATCH_SECONDS.observe(time.perf_counter() - started)
+
+    def _count(self, partition: int, result: BatchResult) -> None:
+        metrics.RECORDS.labels(str(partition)).inc(result.records)
+        metrics.CHANGES.inc(result.changes)
+        metrics.TICKS.inc(result.ticks)
+        metrics.SKIPPED.inc(result.skipped)
+        metrics.DEAD_LETTERS.inc(len(result.dead_letters))
+        for event in result.alerts:
+            metrics.ALERTS.labels(event.status).inc()
+            log.info(
+                "alert firing" if event.status == FIRING_STATUS else "alert resolved",
+                extra={
+                    "rule": event.entry.rule,
+                    "object": event.entry.ref.describe(),
+                    "cluster": event.entry.ref.cluster,
+                    "alert_id": event.entry.alert_id,
+                },
+            )
+        pending = firing = 0
+        for runtime in self.partitions.values():
+            partition_pending, partition_firing = runtime.processor.tracker.counts()
+            pending += partition_pending
+            firing += partition_firing
+        metrics.ENTRIES.labels("pending").set(pending)
+        metrics.ENTRIES.labels("firing").set(firing)
+
+    def close(self) -> None:
+        self.release(list(self.partitions))
