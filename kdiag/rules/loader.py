@@ -1,0 +1,133 @@
+"""Reading rule files (.json, .yaml, .yml) from files and folders into a RuleSet."""
+
+from __future__ import annotations
+
+import json
+import os
+from collections.abc import Iterable
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from kdiag.errors import ConfigError, RuleError
+from kdiag.rules.engine import Rule, RuleSet
+from kdiag.rules.parser import parse_rules
+
+RULE_FILE_SUFFIXES = (".json", ".yaml", ".yml")
+
+PathLike = str | os.PathLike[str]
+
+
+def load_rules(paths: PathLike | Iterable[PathLike]) -> RuleSet:
+    """Load every rule from the given files and folders into one RuleSet.
+
+    Folders are read recursively in sorted path order. Inside folders, only files ending in .json,
+    .yaml or .yml are read, and names starting with "." (editor and VCS files) are skipped. A file
+    reached twice is read once. Raises ConfigError when a path does not exist or a file named
+    directly has another suffix, and RuleError for an unreadable or invalid document or for a rule
+    name defined twice.
+    """
+    if isinstance(paths, (str, os.PathLike)):
+        paths = [paths]
+
+    rules: list[Rule] = []
+    seen: set[Path] = set()
+    for path in _rule_files(paths):
+        resolved = path.resolve()
+        if resolved in seen:
+            continue
+        seen.add(resolved)
+        rules.extend(load_rule_file(path))
+    return RuleSet(rules)
+
+
+def load_rule_file(path: Path) -> list[Rule]:
+    """Parse every document of one rule file. source in errors and in Rule.source is str(path)."""
+    source = str(path)
+    try:
+        text = path.read_text(encoding="utf-8")
+    except UnicodeDecodeError as error:
+        raise RuleError("", "", f"the file is not valid UTF-8: {error}", source) from None
+    except OSError as error:
+        raise ConfigError(f"cannot read rule file {source}: {error.strerror or error}") from None
+
+    rules: list[Rule] = []
+    for document in _parse_documents(text, path.suffix.lower(), source):
+        rules.extend(parse_rules(document, source))
+    return rules
+
+
+def _rule_files(paths: Iterable[PathLike]) -> Iterable[Path]:
+    for path_argument in paths:
+        path = Path(path_argument)
+        if path.is_dir():
+            yield from sorted(_files_under(path))
+        elif path.is_file():
+            if path.suffix.lower() not in RULE_FILE_SUFFIXES:
+                raise ConfigError(
+                    f"unsupported rule file {path}: expected a name ending in {', '.join(RULE_FILE_SUFFIXES)}"
+                )
+            yield path
+        else:
+            raise ConfigError(f"rule path not found: {path}. Check the rules folder setting or the path given")
+
+
+def _files_under(folder: Path) -> Iterable[Path]:
+    for root, directories, files in os.walk(folder):
+        directories[:] = [name for name in directories if not name.startswith(".")]
+        for name in files:
+            if name.startswith(".") or not name.lower().endswith(RULE_FILE_SUFFIXES):
+                continue
+            yield Path(root, name)
+
+
+def _parse_documents(text: str, suffix: str, source: str) -> list[Any]:
+    if suffix == ".json":
+        try:
+            return [json.loads(text, object_pairs_hook=_reject_duplicate_json_keys)]
+        except ValueError as error:
+            # json.JSONDecodeError and the duplicate-key error from the hook are both ValueErrors.
+            raise RuleError("", "", f"invalid JSON: {error}", source) from None
+
+    try:
+        documents = list(yaml.load_all(text, Loader=_RuleYamlLoader))
+    except yaml.YAMLError as error:
+        raise RuleError("", "", f"invalid YAML: {error}", source) from None
+    # An empty YAML document (a file of comments only, or a trailing ---) loads as None and
+    # contributes no rules.
+    return [document for document in documents if document is not None]
+
+
+def _reject_duplicate_json_keys(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
+    result: dict[str, Any] = {}
+    for key, value in pairs:
+        if key in result:
+            raise ValueError(f"duplicate key {key!r} in one JSON object")
+        result[key] = value
+    return result
+
+
+class _RuleYamlLoader(yaml.SafeLoader):
+    """SafeLoader that rejects a key repeated in one mapping, which PyYAML otherwise lets overwrite."""
+
+    def construct_mapping(self, node: yaml.MappingNode, deep: bool = False) -> dict[Any, Any]:
+        seen: set[Any] = set()
+        for key_node, _ in node.value:
+            if key_node.tag == "tag:yaml.org,2002:merge":
+                continue
+            key = self.construct_object(key_node, deep=True)
+            try:
+                duplicate = key in seen
+            except TypeError:
+                # An unhashable key; SafeConstructor.construct_mapping reports it below.
+                continue
+            if duplicate:
+                raise yaml.constructor.ConstructorError(
+                    "while constructing a mapping",
+                    node.start_mark,
+                    f"found duplicate key {key!r}",
+                    key_node.start_mark,
+                )
+            seen.add(key)
+        return super().construct_mapping(node, deep=deep)
