@@ -1,0 +1,369 @@
+"""Publishing of resource changes, ticks and dead letters to Kafka.
+
+Changes are buffered per topic key and sent as one ChangeBatch record per buffer, keyed by
+"<cluster>/<namespace>" and partitioned by murmur2 of the key like the Java client. A tick is sent to
+every partition of the changes topic, after the buffered changes of its cluster, so that each partition
+sees the changes of a cluster before the tick that follows them.
+
+The publisher knows nothing about files: the replay connector and the Kubernetes watcher both use it.
+Nothing it writes depends on the wall clock or on randomness, except DeadLetter.time.
+"""
+
+from __future__ import annotations
+
+import base64
+import logging
+import time
+from dataclasses import dataclass, field
+from typing import Any, Callable, Protocol
+
+import orjson
+from confluent_kafka import KafkaError, KafkaException, Producer
+
+from kdiag.codec import codec
+from kdiag.errors import KdiagError
+from kdiag.model import ResourceChange, Tick
+from kdiag.settings import Settings
+
+log = logging.getLogger(__name__)
+
+DEAD_LETTER_PAYLOAD_BYTES = 64 * 1024
+LAST_APPLIED_ANNOTATION = "kubectl.kubernetes.io/last-applied-configuration"
+
+# Upper bound of the Avro bytes of a ResourceChange beyond its strings and object: ten fields, each
+# with at most a 10-byte varint (a length, the enum index or the timestamp).
+CHANGE_OVERHEAD_BYTES = 100
+# Upper bound of a ChangeBatch record beyond its changes: the 10-byte single-object header, the array
+# block count and end marker, and the union index of the tick.
+BATCH_OVERHEAD_BYTES = 32
+# Room for the key and Kafka's record framing on top of settings.max_record_bytes. The result stays
+# below the broker's default max.message.bytes of 1048588 while max_record_bytes is at most 1 MB.
+PRODUCER_MESSAGE_MARGIN_BYTES = 16 * 1024
+
+PRODUCE_ATTEMPTS = 10
+METADATA_ATTEMPTS = 3
+FAILURES_LOGGED = 10
+
+
+class PublishError(KdiagError):
+    """A record could not be handed to the producer or was not delivered."""
+
+
+class ProducerLike(Protocol):
+    """The subset of confluent_kafka.Producer that Publisher uses, so tests can pass a fake."""
+
+    def produce(self, topic: str, value: bytes, key: bytes, partition: int = ..., on_delivery: Any = ...) -> None: ...
+
+    def poll(self, timeout: float) -> int: ...
+
+    def flush(self, timeout: float) -> int: ...
+
+    def list_topics(self, topic: str | None = None, timeout: float = ...) -> Any: ...
+
+
+@dataclass
+class PublishSummary:
+    """Counters of one publisher. `ticks` counts ticks, each of which is one record per partition."""
+
+    changes: int = 0
+    ticks: int = 0
+    batches: int = 0
+    dead_letters: int = 0
+    records: int = 0
+    bytes: int = 0
+    delivered: int = 0
+    failures: list[str] = field(default_factory=list)
+
+    def describe(self) -> str:
+        return (
+            f"{self.changes} changes in {self.batches} batches, {self.ticks} ticks, "
+            f"{self.dead_letters} dead letters, {self.records} records, {self.bytes} bytes"
+        )
+
+
+@dataclass
+class _Buffer:
+    changes: list[dict[str, Any]] = field(default_factory=list)
+    size_bytes: int = 0
+
+
+def producer_config(settings: Settings, delivery_timeout_seconds: float) -> dict[str, Any]:
+    """Return the confluent-kafka configuration of an idempotent, uncompressed changes producer."""
+    return {
+        "bootstrap.servers": settings.bootstrap_servers,
+        "enable.idempotence": True,
+        "acks": "all",
+        # murmur2 of the key, as the Java client and Faust partition, so the worker and any Java
+        # producer agree on the partition of every key.
+        "partitioner": "murmur2_random",
+        "compression.type": "none",
+        "linger.ms": settings.linger_seconds * 1000,
+        "message.max.bytes": settings.max_record_bytes + PRODUCER_MESSAGE_MARGIN_BYTES,
+        "message.timeout.ms": int(delivery_timeout_seconds * 1000),
+        # A missing topic is an error here: auto-creation would give it the broker's partition count.
+        "allow.auto.create.topics": False,
+    }
+
+
+def encode_object(obj: dict[str, Any]) -> bytes:
+    """Serialize an object as UTF-8 JSON without metadata.managedFields and without Secret values.
+
+    Secret data and stringData keep their keys with empty values, so rules can still check that a key
+    exists. The input dictionary is not changed.
+    """
+    cleaned = dict(obj)
+    is_secret = cleaned.get("kind") == "Secret"
+    metadata = cleaned.get("metadata")
+    if isinstance(metadata, dict):
+        metadata = {key: value for key, value in metadata.items() if key != "managedFields"}
+        annotations = metadata.get("annotations")
+        if is_secret and isinstance(annotations, dict) and LAST_APPLIED_ANNOTATION in annotations:
+            # kubectl apply stores the whole manifest, values included, in this annotation.
+            metadata["annotations"] = {
+                key: value for key, value in annotations.items() if key != LAST_APPLIED_ANNOTATION
+            }
+        cleaned["metadata"] = metadata
+    if is_secret:
+        for field_name in ("data", "stringData"):
+            values = cleaned.get(field_name)
+            if isinstance(values, dict):
+                cleaned[field_name] = {key: "" for key in values}
+    return dump_json(cleaned)
+
+
+def dump_json(value: Any, sort_keys: bool = False) -> bytes:
+    """Serialize parsed YAML or JSON, writing bytes (YAML !!binary) as base64 like Kubernetes does."""
+    option = orjson.OPT_NON_STR_KEYS | (orjson.OPT_SORT_KEYS if sort_keys else 0)
+    return orjson.dumps(value, default=_json_default, option=option)
+
+
+def _json_default(value: Any) -> Any:
+    if isinstance(value, (bytes, bytearray)):
+        return base64.b64encode(value).decode("ascii")
+    raise TypeError(f"{type(value).__name__} is not representable in JSON")
+
+
+def change_size_bytes(change: ResourceChange) -> int:
+    """Return an upper bound of the Avro size of one change inside a ChangeBatch."""
+    strings = (
+        change.cluster,
+        change.api_version,
+        change.kind,
+        change.namespace,
+        change.name,
+        change.uid,
+        change.resource_version,
+    )
+    return sum(len(text.encode()) for text in strings) + len(change.object_json) + CHANGE_OVERHEAD_BYTES
+
+
+class Publisher:
+    """Buffers changes per topic key and produces ChangeBatch, tick and DeadLetter records.
+
+    Call close() at the end: it sends the remaining buffers, waits for every delivery and returns the
+    summary, whose `failures` lists every record that was not delivered.
+    """
+
+    def __init__(
+        self,
+        settings: Settings,
+        source: str,
+        producer: ProducerLike | None = None,
+        delivery_timeout_seconds: float = 30.0,
+        wall_clock: Callable[[], float] = time.time,
+    ) -> None:
+        self.settings = settings
+        self.source = source
+        self.summary = PublishSummary()
+        self._delivery_timeout_seconds = delivery_timeout_seconds
+        self._producer = producer or Producer(producer_config(settings, delivery_timeout_seconds))
+        self._wall_clock = wall_clock
+        self._batch_codec = codec("ChangeBatch", settings.schemas_dir)
+        self._dead_letter_codec = codec("DeadLetter", settings.schemas_dir)
+        self._buffers: dict[str, _Buffer] = {}
+        self._cluster_keys: dict[str, list[str]] = {}
+        self._partitions: int | None = None
+        self._closed = False
+
+    # Changes
+
+    def publish_change(self, change: ResourceChange, origin: str) -> None:
+        """Buffer a change under its topic key. `origin` names its source in a dead letter."""
+        size = change_size_bytes(change)
+        limit = self.settings.max_record_bytes
+        if size + BATCH_OVERHEAD_BYTES > limit:
+            alone = self._batch_codec.encode({"changes": [change.to_avro()], "tick": None})
+            if len(alone) > limit:
+                # NOTE: such objects are dead-lettered whole for now. Dropping large fields (for
+                # example annotations or status.images) to fit the limit is still to be done.
+                log.warning(
+                    "object too large for one record; sent to the dead-letter topic",
+                    extra={
+                        "object": change.object_ref,
+                        "origin": origin,
+                        "record_bytes": len(alone),
+                        "max_record_bytes": limit,
+                    },
+                )
+                self.publish_dead_letter(origin, "object too large", change.object_json)
+                return
+
+        key = change.key
+        buffer = self._buffers.get(key)
+        if buffer is None:
+            buffer = self._buffers[key] = _Buffer()
+            self._cluster_keys.setdefault(change.cluster, []).append(key)
+        elif buffer.changes and buffer.size_bytes + size + BATCH_OVERHEAD_BYTES > limit:
+            self._flush_key(key)
+        buffer.changes.append(change.to_avro())
+        buffer.size_bytes += size
+        self.summary.changes += 1
+        if len(buffer.changes) >= self.settings.batch_max_changes:
+            self._flush_key(key)
+
+    def flush_cluster(self, cluster: str) -> None:
+        """Send the buffered changes of one cluster, in the order their keys first appeared."""
+        for key in self._cluster_keys.get(cluster, ()):
+            self._flush_key(key)
+
+    def flush_changes(self) -> None:
+        """Send every buffered change."""
+        for cluster in self._cluster_keys:
+            self.flush_cluster(cluster)
+
+    def _flush_key(self, key: str) -> None:
+        buffer = self._buffers[key]
+        if not buffer.changes:
+            return
+        value = self._batch_codec.encode({"changes": buffer.changes, "tick": None})
+        buffer.changes = []
+        buffer.size_bytes = 0
+        self._produce(self.settings.changes_topic, key.encode(), value)
+        self.summary.batches += 1
+
+    # Ticks
+
+    def publish_tick(self, cluster: str, time_ms: int) -> None:
+        """Send the cluster's buffered changes, then a tick at `time_ms` to every partition."""
+        self.flush_cluster(cluster)
+        tick = Tick(cluster=cluster, time_ms=time_ms, source=self.source)
+        value = self._batch_codec.encode({"changes": [], "tick": tick.to_avro()})
+        key = cluster.encode()
+        for partition in range(self.partition_count()):
+            self._produce(self.settings.changes_topic, key, value, partition)
+        self.summary.ticks += 1
+
+    def partition_count(self) -> int:
+        """Return the partition count of the changes topic, read from topic metadata once."""
+        if self._partitions is None:
+            self._partitions = self._read_partition_count()
+        return self._partitions
+
+    def _read_partition_count(self) -> int:
+        topic = self.settings.changes_topic
+        for attempt in range(1, METADATA_ATTEMPTS + 1):
+            try:
+                metadata = self._producer.list_topics(topic=topic, timeout=10.0).topics.get(topic)
+            except KafkaException as error:
+                if attempt == METADATA_ATTEMPTS:
+                    raise PublishError(
+                        f"cannot read the metadata of topic {topic} from {self.settings.bootstrap_servers}: "
+                        f"{error}; check that the broker is running"
+                    ) from None
+                log.warning(
+                    "reading topic metadata failed; retrying",
+                    extra={"topic": topic, "error": str(error), "attempt": f"{attempt}/{METADATA_ATTEMPTS}"},
+                )
+                continue
+            if metadata is not None and metadata.error is None and metadata.partitions:
+                return len(metadata.partitions)
+            if metadata is not None and metadata.error is not None and metadata.error.retriable():
+                log.warning(
+                    "topic metadata not available yet; retrying",
+                    extra={"topic": topic, "error": str(metadata.error), "attempt": f"{attempt}/{METADATA_ATTEMPTS}"},
+                )
+                time.sleep(1.0)
+                continue
+            break
+        raise KdiagError(
+            f"topic {topic} does not exist on {self.settings.bootstrap_servers}; "
+            f"create it with `kdiag topics create` (kdiag replay does so unless --no-create-topics is given)"
+        )
+
+    # Dead letters
+
+    def publish_dead_letter(self, origin: str, reason: str, payload: bytes) -> None:
+        """Send a DeadLetter record with the payload cut to 64 KiB and the current wall-clock time."""
+        value = self._dead_letter_codec.encode(
+            {
+                "origin": origin,
+                "component": self.source,
+                "reason": reason,
+                "payload": bytes(payload[:DEAD_LETTER_PAYLOAD_BYTES]),
+                "time": int(self._wall_clock() * 1000),
+            }
+        )
+        self._produce(self.settings.dead_letter_topic, origin.encode(), value)
+        self.summary.dead_letters += 1
+
+    # Producer
+
+    def _produce(self, topic: str, key: bytes, value: bytes, partition: int | None = None) -> None:
+        extra_arguments: dict[str, Any] = {} if partition is None else {"partition": partition}
+        for attempt in range(1, PRODUCE_ATTEMPTS + 1):
+            try:
+                self._producer.produce(topic, value=value, key=key, on_delivery=self._on_delivery, **extra_arguments)
+                break
+            except BufferError:
+                # The local queue is full: serve delivery reports so that it drains, then retry.
+                if attempt == PRODUCE_ATTEMPTS:
+                    raise PublishError(
+                        f"producer queue for {topic} still full after {PRODUCE_ATTEMPTS} attempts; "
+                        f"check that the broker at {self.settings.bootstrap_servers} accepts records"
+                    ) from None
+                log.warning(
+                    "producer queue is full; retrying",
+                    extra={"topic": topic, "attempt": f"{attempt}/{PRODUCE_ATTEMPTS}"},
+                )
+                self._producer.poll(1.0)
+            except KafkaException as error:
+                where = f"{topic}[{partition}]" if partition is not None else topic
+                raise PublishError(f"cannot produce a record of {len(value)} bytes to {where}: {error}") from None
+        self.summary.records += 1
+        self.summary.bytes += len(value)
+        self._producer.poll(0)
+
+    def _on_delivery(self, error: KafkaError | None, message: Any) -> None:
+        if error is None:
+            self.summary.delivered += 1
+            return
+        failure = f"{message.topic()}[{message.partition()}]: {error.str()}"
+        self.summary.failures.append(failure)
+        if len(self.summary.failures) <= FAILURES_LOGGED:
+            log.error(
+                "delivery failed",
+                extra={"topic": message.topic(), "partition": message.partition(), "error": error.str()},
+            )
+        elif len(self.summary.failures) == FAILURES_LOGGED + 1:
+            log.error("more deliveries failed; further failures are only counted", extra={"topic": message.topic()})
+
+    def close(self) -> PublishSummary:
+        """Send the buffered changes, wait for every delivery and return the summary.
+
+        Waits at most the delivery timeout plus 10 seconds. Records that could not be produced or were
+        still undelivered then are added to summary.failures.
+        """
+        if self._closed:
+            return self.summary
+        self._closed = True
+        try:
+            self.flush_changes()
+        except PublishError as error:
+            self.summary.failures.append(str(error))
+        remaining = self._producer.flush(self._delivery_timeout_seconds + 10.0)
+        if remaining:
+            self.summary.failures.append(
+                f"{remaining} records not delivered within {self._delivery_timeout_seconds + 10.0:.0f} s "
+                f"to {self.settings.bootstrap_servers}"
+            )
+        return self.summary
