@@ -102,6 +102,8 @@ def producer_config(settings: Settings, delivery_timeout_seconds: float) -> dict
         "message.timeout.ms": int(delivery_timeout_seconds * 1000),
         # A missing topic is an error here: auto-creation would give it the broker's partition count.
         "allow.auto.create.topics": False,
+        # librdkafka's own messages go through this module's logger instead of raw stderr lines.
+        "logger": log,
     }
 
 
@@ -337,7 +339,10 @@ class Publisher:
         if error is None:
             self.summary.delivered += 1
             return
-        failure = f"{message.topic()}[{message.partition()}]: {error.str()}"
+        partition = message.partition()
+        # A record that never reached a partition (e.g. its topic is missing) has partition None or -1.
+        where = f"{message.topic()}[{partition if partition is not None and partition >= 0 else 'unassigned'}]"
+        failure = f"{where}: {error.str()}"
         self.summary.failures.append(failure)
         if len(self.summary.failures) <= FAILURES_LOGGED:
             log.error(

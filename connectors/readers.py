@@ -374,6 +374,8 @@ class ParsedValue:
 
 _JSON_TOKEN = re.compile(rb'"(?:[^"\\]|\\.)*"|[{}\[\]]')
 _DEPTH_CHANGE = {b"{": 1, b"[": 1, b"}": -1, b"]": -1}
+# First bytes of a line that continues a pretty-printed value: indentation or a closing bracket.
+_CONTINUATION_START = frozenset({b" ", b"\t", b"}", b"]", b"\r", b"\n"})
 
 
 def _depth_change(raw: bytes) -> int:
@@ -387,15 +389,16 @@ def _depth_change(raw: bytes) -> int:
 def parse_json_stream(lines: Iterable[tuple[int, bytes]], origin: Callable[[int], str]) -> Iterator[ParsedValue | Rejection]:
     """Parse JSON values written one per line or pretty-printed over several lines.
 
-    A value that starts on a line of its own is collected until its brackets balance. A line that
-    starts with `{` or `[` in column 0 begins a new value even when the previous one is incomplete,
-    as kubectl indents everything inside a top-level value, so one broken value costs only itself.
+    A value that does not parse on its own line is collected until its brackets balance. Pretty
+    printers such as kubectl indent everything inside a top-level value, so a line that starts in
+    column 0 with anything but `}` or `]` begins a new value even when the previous one is incomplete.
+    One broken value therefore costs only itself.
     """
     buffer: list[bytes] = []
     start = 0
     depth = 0
     for number, raw in lines:
-        if buffer and raw[:1] in (b"{", b"["):
+        if buffer and raw[:1] not in _CONTINUATION_START:
             yield Rejection(origin(start), "incomplete JSON value: a new value starts before it ends", b"".join(buffer))
             buffer = []
         if not buffer:

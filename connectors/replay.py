@@ -184,7 +184,14 @@ class FileSummary:
     rejected: int = 0
 
     def describe(self) -> str:
-        return f"{self.path}: {self.changes} changes, {self.skipped} bookmarks skipped, {self.rejected} rejected"
+        return (
+            f"{self.path}: {_count(self.changes, 'change')}, {_count(self.skipped, 'bookmark')} skipped, "
+            f"{self.rejected} rejected"
+        )
+
+
+def _count(number: int, noun: str) -> str:
+    return f"{number} {noun}" if number == 1 else f"{number} {noun}s"
 
 
 def replay_file(
@@ -286,7 +293,7 @@ def _print_total(summaries: list[FileSummary], total: PublishSummary) -> None:
     rejected = sum(summary.rejected for summary in summaries)
     skipped = sum(summary.skipped for summary in summaries)
     print(
-        f"total: {len(summaries)} files, {total.describe()}, {rejected} rejected, {skipped} bookmarks skipped, "
-        f"{total.delivered} records delivered",
+        f"total: {_count(len(summaries), 'file')}, {total.describe()}, {rejected} rejected, "
+        f"{_count(skipped, 'bookmark')} skipped, {total.delivered} records delivered",
         flush=True,
     )
