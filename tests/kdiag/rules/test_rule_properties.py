@@ -1,0 +1,352 @@
+"""Property tests: evaluate never raises, and invalid rule documents always raise RuleError."""
+
+from __future__ import annotations
+
+import copy
+import json
+import tempfile
+from pathlib import Path
+from typing import Any
+
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+
+from kdiag.errors import KdiagError, RuleError
+from kdiag.rules import Match, Rule, load_rules, parse_rules
+
+REPO_ROOT = Path(__file__).resolve().parents[3]
+
+# Every operator and selection form, so that evaluate runs each compiled code path.
+OPERATOR_RULES: dict[str, Any] = {
+    "Equal": {"resource": "Pod", "checkField": [{"field": ["status", "phase"], "equalValue": ["Running", ""]}]},
+    "NotEqual": {"resource": "Pod", "checkField": [{"field": ["metadata", "deletionTimestamp"], "notEqualValue": [""]}]},
+    "Nil": {"resource": "Pod", "checkField": [{"field": ["status"], "nilValue": True}]},
+    "NotNil": {"resource": "Pod", "checkField": [{"field": ["status"], "nilValue": False}]},
+    "Combined": {"resource": "Pod", "checkField": [{"field": ["a", "b", "c", "d"], "nilValue": False, "equalValue": ["x"], "notEqualValue": ["y"]}]},
+    "Named": {
+        "resource": "Pod",
+        "filterField": [{"field": ["status", "conditions"], "subIdentifierName": "type", "subIdentifierValue": ["Ready"], "subField": ["status"], "nilValue": False}],
+        "checkField": [{"field": ["status", "containerStatuses"], "subIdentifierName": "name", "subIdentifierValue": ["a", "1"], "subField": ["ready"], "equalValue": ["false"]}],
+    },
+    "AnyElement": {
+        "resource": "Pod",
+        "checkField": [{"field": ["status", "containerStatuses"], "subIdentifierName": "name", "subField": ["state", "waiting", "reason"], "notEqualValue": ["x"]}],
+    },
+    "AnyElementNil": {
+        "resource": "Pod",
+        "checkField": [{"field": ["status", "initContainerStatuses"], "subIdentifierName": "name", "subField": ["ready"], "nilValue": True}],
+    },
+}
+
+RULES: list[Rule] = list(load_rules(REPO_ROOT / "rules")) + parse_rules(OPERATOR_RULES, source="test")
+KINDS = sorted({rule.kind for rule in RULES})
+
+JSON_SCALARS = st.none() | st.booleans() | st.integers() | st.floats() | st.text(max_size=20)
+JSON_KEYS = st.sampled_from(["kind", "status", "phase", "name", "type", "ready", "reason", "state", "waiting"]) | st.text(max_size=10)
+JSON_VALUES = st.recursive(
+    JSON_SCALARS,
+    lambda children: st.lists(children, max_size=5) | st.dictionaries(JSON_KEYS, children, max_size=5),
+    max_leaves=30,
+)
+
+# Objects shaped like the ones the rules read, with any JSON value in any place. The values are
+# small because an object contains many of them and Hypothesis rejects inputs that are too large.
+SMALL_VALUES = st.recursive(
+    JSON_SCALARS,
+    lambda children: st.lists(children, max_size=3) | st.dictionaries(JSON_KEYS, children, max_size=3),
+    max_leaves=5,
+)
+ELEMENTS = st.one_of(
+    SMALL_VALUES,
+    st.fixed_dictionaries(
+        {},
+        optional={
+            "name": SMALL_VALUES | st.sampled_from(["a", "sidecar", "1"]),
+            "type": SMALL_VALUES | st.sampled_from(["Ready", "Failed", "Progressing", "ScalingActive"]),
+            "status": SMALL_VALUES | st.sampled_from(["True", "False", "Unknown"]),
+            "reason": SMALL_VALUES,
+            "ready": SMALL_VALUES,
+            "state": st.fixed_dictionaries({}, optional={"waiting": st.fixed_dictionaries({}, optional={"reason": SMALL_VALUES})}) | SMALL_VALUES,
+            "lastState": SMALL_VALUES,
+        },
+    ),
+)
+STATUS = st.one_of(
+    SMALL_VALUES,
+    st.fixed_dictionaries(
+        {},
+        optional={
+            "phase": SMALL_VALUES | st.sampled_from(["Running", "Pending", "Failed"]),
+            "reason": SMALL_VALUES,
+            "conditions": st.lists(ELEMENTS, max_size=4) | SMALL_VALUES,
+            "containerStatuses": st.lists(ELEMENTS, max_size=4) | SMALL_VALUES,
+            "initContainerStatuses": st.lists(ELEMENTS, max_size=4) | SMALL_VALUES,
+        },
+    ),
+)
+PARTIAL_OBJECTS = st.fixed_dictionaries(
+    {"kind": st.sampled_from(KINDS)},
+    optional={
+        "metadata": st.fixed_dictionaries({}, optional={"deletionTimestamp": SMALL_VALUES, "labels": SMALL_VALUES, "name": SMALL_VALUES}) | SMALL_VALUES,
+        "status": STATUS,
+        "type": SMALL_VALUES | st.just("Warning"),
+        "reason": SMALL_VALUES,
+        "message": SMALL_VALUES,
+        "involvedObject": SMALL_VALUES,
+    },
+)
+
+
+def assert_evaluates_cleanly(obj: Any) -> None:
+    for rule in RULES:
+        result = rule.evaluate(obj)
+        if result is None:
+            continue
+        assert isinstance(result, Match)
+        assert result.rule is rule
+        for path, value in result.context.items():
+            assert isinstance(path, str)
+            assert isinstance(value, str)
+
+
+@given(JSON_VALUES)
+def test_evaluate_any_json_value(obj: Any) -> None:
+    assert_evaluates_cleanly(obj)
+
+
+@given(st.sampled_from(KINDS), st.dictionaries(JSON_KEYS, JSON_VALUES, max_size=6))
+def test_evaluate_any_object_of_known_kind(kind: str, fields: dict[str, Any]) -> None:
+    assert_evaluates_cleanly({**fields, "kind": kind})
+
+
+@given(PARTIAL_OBJECTS)
+def test_evaluate_partial_objects(obj: dict[str, Any]) -> None:
+    assert_evaluates_cleanly(obj)
+
+
+def test_evaluate_huge_list() -> None:
+    containers = [{"name": str(index), "ready": True, "state": {"running": {}}} for index in range(100_000)]
+    containers.append({"name": "last", "ready": False, "state": {"waiting": {"reason": "CrashLoopBackOff"}}})
+    obj = {"kind": "Pod", "status": {"phase": "Running", "containerStatuses": containers}}
+    assert_evaluates_cleanly(obj)
+    (crash_rule,) = [rule for rule in RULES if rule.name == "PodCrashLoopBackOff"]
+    match = crash_rule.evaluate(obj)
+    assert match is not None
+    assert match.context == {"status.containerStatuses[name=last].state.waiting.reason": "CrashLoopBackOff"}
+
+
+def test_evaluate_deeply_nested_value() -> None:
+    nested: Any = "leaf"
+    for _ in range(5000):
+        nested = [nested]
+    obj = {"kind": "Pod", "status": nested, "metadata": {"deletionTimestamp": nested}}
+    assert_evaluates_cleanly(obj)
+
+
+# Invalid rule documents: a valid rule with exactly one change that makes it invalid.
+
+NAMES = st.text(st.characters(categories=["Lu", "Ll", "Nd"]), min_size=1, max_size=12)
+STRING_LISTS = st.lists(st.text(max_size=8), min_size=1, max_size=3)
+PATHS = st.lists(st.text(min_size=1, max_size=8), min_size=1, max_size=4)
+
+
+@st.composite
+def valid_conditions(draw: st.DrawFn) -> dict[str, Any]:
+    condition: dict[str, Any] = {"field": draw(PATHS)}
+    operators = draw(st.sets(st.sampled_from(["equalValue", "notEqualValue", "nilValue"]), min_size=1))
+    for operator in operators:
+        condition[operator] = draw(st.booleans()) if operator == "nilValue" else draw(STRING_LISTS)
+    if draw(st.booleans()):
+        condition["subIdentifierName"] = draw(st.text(min_size=1, max_size=8))
+        condition["subField"] = draw(PATHS)
+        if draw(st.booleans()):
+            condition["subIdentifierValue"] = draw(STRING_LISTS)
+    return condition
+
+
+@st.composite
+def valid_bodies(draw: st.DrawFn) -> dict[str, Any]:
+    body: dict[str, Any] = {
+        "resource": draw(NAMES),
+        "checkField": draw(st.lists(valid_conditions(), min_size=1, max_size=2)),
+    }
+    if draw(st.booleans()):
+        body["duration"] = draw(st.integers(0, 10**6) | st.floats(0, 1e6))
+    if draw(st.booleans()):
+        body["filterField"] = draw(st.lists(valid_conditions(), max_size=2))
+    return body
+
+
+VALID_DOCUMENTS = st.dictionaries(NAMES, valid_bodies(), min_size=1, max_size=2)
+
+NOT_A_LIST = st.none() | st.booleans() | st.integers() | st.text() | st.dictionaries(st.text(max_size=3), st.integers(), max_size=2)
+NOT_A_STRING = st.none() | st.booleans() | st.integers() | st.floats() | st.lists(st.text(max_size=3), max_size=2)
+NOT_A_BOOL = st.none() | st.integers() | st.text() | st.lists(st.booleans(), max_size=2)
+NOT_A_DURATION = NOT_A_STRING.filter(lambda value: isinstance(value, bool) or not isinstance(value, (int, float))) | st.integers(max_value=-1) | st.floats(max_value=-1e-9) | st.just(float("nan")) | st.just(float("inf"))
+
+
+def break_condition(draw: st.DrawFn, condition: dict[str, Any]) -> None:
+    """Change one condition in place so that it becomes invalid."""
+    mutation = draw(
+        st.sampled_from(
+            [
+                "unknown key",
+                "field missing",
+                "field empty",
+                "field not list",
+                "field item",
+                "values not list",
+                "values item",
+                "values empty",
+                "nil not bool",
+                "no operator",
+                "sub field alone",
+                "sub value alone",
+                "sub name alone",
+                "sub name not string",
+            ]
+        )
+    )
+    if mutation == "unknown key":
+        condition[draw(st.text(min_size=1, max_size=12).filter(lambda key: key not in CONDITION_KEYS))] = draw(SMALL_VALUES)
+    elif mutation == "field missing":
+        del condition["field"]
+    elif mutation == "field empty":
+        condition["field"] = []
+    elif mutation == "field not list":
+        condition["field"] = draw(NOT_A_LIST)
+    elif mutation == "field item":
+        condition["field"].insert(draw(st.integers(0, len(condition["field"]))), draw(NOT_A_STRING | st.just("")))
+    elif mutation in ("values not list", "values item", "values empty"):
+        key = draw(st.sampled_from(["equalValue", "notEqualValue", "subIdentifierValue"]))
+        if key == "subIdentifierValue":
+            condition.setdefault("subIdentifierName", "name")
+            condition.setdefault("subField", ["ready"])
+        if mutation == "values not list":
+            condition[key] = draw(NOT_A_LIST)
+        elif mutation == "values empty":
+            condition[key] = []
+        else:
+            condition[key] = draw(STRING_LISTS) + [draw(NOT_A_STRING)]
+    elif mutation == "nil not bool":
+        condition["nilValue"] = draw(NOT_A_BOOL)
+    elif mutation == "no operator":
+        for key in ("equalValue", "notEqualValue", "nilValue"):
+            condition.pop(key, None)
+    elif mutation == "sub field alone":
+        condition.pop("subIdentifierName", None)
+        condition.pop("subIdentifierValue", None)
+        condition["subField"] = draw(PATHS)
+    elif mutation == "sub value alone":
+        condition.pop("subIdentifierName", None)
+        condition.pop("subField", None)
+        condition["subIdentifierValue"] = draw(STRING_LISTS)
+    elif mutation == "sub name alone":
+        condition.pop("subField", None)
+        condition["subIdentifierName"] = draw(st.text(min_size=1, max_size=8))
+    else:
+        condition["subIdentifierName"] = draw(NOT_A_STRING | st.just(""))
+        condition.setdefault("subField", ["ready"])
+
+
+CONDITION_KEYS = {"field", "equalValue", "notEqualValue", "nilValue", "subIdentifierName", "subIdentifierValue", "subField"}
+RULE_KEYS = {"duration", "resource", "filterField", "checkField"}
+
+
+@st.composite
+def invalid_documents(draw: st.DrawFn) -> Any:
+    document = copy.deepcopy(draw(VALID_DOCUMENTS))
+    name = draw(st.sampled_from(sorted(document)))
+    body = document[name]
+    mutation = draw(
+        st.sampled_from(
+            [
+                "document not mapping",
+                "name not string",
+                "body not mapping",
+                "unknown key",
+                "resource",
+                "duration",
+                "check missing",
+                "check empty",
+                "conditions not list",
+                "condition not mapping",
+                "condition",
+            ]
+        )
+    )
+    if mutation == "document not mapping":
+        return draw(NOT_A_LIST.filter(lambda value: not isinstance(value, dict)) | st.just(list(document)))
+    if mutation == "name not string":
+        document[draw(st.integers() | st.none() | st.booleans() | st.just("") | st.just("  "))] = body
+    elif mutation == "body not mapping":
+        document[name] = draw(NOT_A_LIST.filter(lambda value: not isinstance(value, dict)) | st.lists(st.integers()))
+    elif mutation == "unknown key":
+        body[draw(st.text(min_size=1, max_size=12).filter(lambda key: key not in RULE_KEYS))] = draw(SMALL_VALUES)
+    elif mutation == "resource":
+        body["resource"] = draw(NOT_A_STRING | st.just(""))
+    elif mutation == "duration":
+        body["duration"] = draw(NOT_A_DURATION)
+    elif mutation == "check missing":
+        del body["checkField"]
+    elif mutation == "check empty":
+        body["checkField"] = []
+    elif mutation == "conditions not list":
+        body[draw(st.sampled_from(["checkField", "filterField"]))] = draw(NOT_A_LIST)
+    elif mutation == "condition not mapping":
+        conditions = body.setdefault(draw(st.sampled_from(["checkField", "filterField"])), [])
+        conditions.insert(draw(st.integers(0, len(conditions))), draw(NOT_A_STRING | st.text()))
+    else:
+        conditions = body.setdefault(draw(st.sampled_from(["checkField", "filterField"])), [])
+        if not conditions:
+            conditions.append(draw(valid_conditions()))
+        break_condition(draw, draw(st.sampled_from(conditions)))
+    return document
+
+
+@given(VALID_DOCUMENTS)
+def test_valid_documents_accepted(document: dict[str, Any]) -> None:
+    # Guards the generator that invalid_documents starts from.
+    rules = parse_rules(document, source="generated")
+    assert [rule.name for rule in rules] == list(document)
+
+
+@settings(max_examples=200)
+@given(invalid_documents())
+def test_invalid_documents_rejected(document: Any) -> None:
+    try:
+        rules = parse_rules(document, source="generated")
+    except RuleError as error:
+        assert error.problem
+        assert isinstance(error.rule, str)
+        assert isinstance(error.path, str)
+    else:
+        raise AssertionError(f"invalid document accepted as {rules!r}: {document!r}")
+
+
+@given(JSON_VALUES | st.dictionaries(st.text(max_size=8), JSON_VALUES, max_size=3))
+def test_arbitrary_documents_accepted_or_rule_error(document: Any) -> None:
+    try:
+        parse_rules(document)
+    except RuleError:
+        pass
+
+
+@settings(max_examples=200, suppress_health_check=[HealthCheck.too_slow])
+@given(st.text(max_size=200), st.sampled_from([".yaml", ".json"]))
+def test_arbitrary_file_text(text: str, suffix: str) -> None:
+    with tempfile.TemporaryDirectory() as folder:
+        path = Path(folder) / f"rules{suffix}"
+        path.write_text(text, encoding="utf-8")
+        try:
+            load_rules(path)
+        except KdiagError:
+            pass
+
+
+@given(VALID_DOCUMENTS)
+def test_valid_documents_round_trip_through_files(document: dict[str, Any]) -> None:
+    with tempfile.TemporaryDirectory() as folder:
+        path = Path(folder) / "rules.json"
+        path.write_text(json.dumps(document), encoding="utf-8")
+        assert load_rules(path).names == tuple(document)
