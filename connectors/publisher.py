@@ -3,7 +3,7 @@
 Changes are buffered per topic key and sent as one ChangeBatch record per buffer, keyed by
 "<cluster>/<namespace>" and partitioned by murmur2 of the key like the Java client. A tick is sent to
 every partition of the changes topic, after the buffered changes of its cluster, so that each partition
-sees the changes of a cluster before the tick that follows them.
+receives the changes of a cluster before the tick that follows them.
 
 The publisher knows nothing about files: the replay connector and the Kubernetes watcher both use it.
 Nothing it writes depends on the wall clock or on randomness, except DeadLetter.time.
@@ -182,8 +182,10 @@ class Publisher:
         self._wall_clock = wall_clock
         self._batch_codec = codec("ChangeBatch", settings.schemas_dir)
         self._dead_letter_codec = codec("DeadLetter", settings.schemas_dir)
+        # Only keys with buffered changes have a buffer. Each cluster's keys are kept in the order
+        # their buffers were started, as an ordered set.
         self._buffers: dict[str, _Buffer] = {}
-        self._cluster_keys: dict[str, list[str]] = {}
+        self._cluster_keys: dict[str, dict[str, None]] = {}
         self._partitions: int | None = None
         self._closed = False
 
@@ -196,8 +198,7 @@ class Publisher:
         if size + BATCH_OVERHEAD_BYTES > limit:
             alone = self._batch_codec.encode({"changes": [change.to_avro()], "tick": None})
             if len(alone) > limit:
-                # NOTE: such objects are dead-lettered whole for now. Dropping large fields (for
-                # example annotations or status.images) to fit the limit is still to be done.
+                # NOTE: such objects are dead-lettered whole until a later change shrinks them to fit.
                 log.warning(
                     "object too large for one record; sent to the dead-letter topic",
                     extra={
@@ -212,34 +213,32 @@ class Publisher:
 
         key = change.key
         buffer = self._buffers.get(key)
+        if buffer is not None and buffer.size_bytes + size + BATCH_OVERHEAD_BYTES > limit:
+            self._flush_key(change.cluster, key)
+            buffer = None
         if buffer is None:
             buffer = self._buffers[key] = _Buffer()
-            self._cluster_keys.setdefault(change.cluster, []).append(key)
-        elif buffer.changes and buffer.size_bytes + size + BATCH_OVERHEAD_BYTES > limit:
-            self._flush_key(key)
+            self._cluster_keys.setdefault(change.cluster, {})[key] = None
         buffer.changes.append(change.to_avro())
         buffer.size_bytes += size
         self.summary.changes += 1
         if len(buffer.changes) >= self.settings.batch_max_changes:
-            self._flush_key(key)
+            self._flush_key(change.cluster, key)
 
     def flush_cluster(self, cluster: str) -> None:
-        """Send the buffered changes of one cluster, in the order their keys first appeared."""
-        for key in self._cluster_keys.get(cluster, ()):
-            self._flush_key(key)
+        """Send the buffered changes of one cluster, in the order their buffers were started."""
+        for key in list(self._cluster_keys.get(cluster, ())):
+            self._flush_key(cluster, key)
 
     def flush_changes(self) -> None:
         """Send every buffered change."""
-        for cluster in self._cluster_keys:
+        for cluster in list(self._cluster_keys):
             self.flush_cluster(cluster)
 
-    def _flush_key(self, key: str) -> None:
-        buffer = self._buffers[key]
-        if not buffer.changes:
-            return
+    def _flush_key(self, cluster: str, key: str) -> None:
+        buffer = self._buffers.pop(key)
+        del self._cluster_keys[cluster][key]
         value = self._batch_codec.encode({"changes": buffer.changes, "tick": None})
-        buffer.changes = []
-        buffer.size_bytes = 0
         self._produce(self.settings.changes_topic, key.encode(), value)
         self.summary.batches += 1
 
@@ -269,7 +268,7 @@ class Publisher:
             except KafkaException as error:
                 if attempt == METADATA_ATTEMPTS:
                     raise PublishError(
-                        f"cannot read the metadata of topic {topic} from {self.settings.bootstrap_servers}: "
+                        f"failed to read the metadata of topic {topic} from {self.settings.bootstrap_servers}: "
                         f"{error}; check that the broker is running"
                     ) from None
                 log.warning(
@@ -330,7 +329,7 @@ class Publisher:
                 self._producer.poll(1.0)
             except KafkaException as error:
                 where = f"{topic}[{partition}]" if partition is not None else topic
-                raise PublishError(f"cannot produce a record of {len(value)} bytes to {where}: {error}") from None
+                raise PublishError(f"failed to produce a record of {len(value)} bytes to {where}: {error}") from None
         self.summary.records += 1
         self.summary.bytes += len(value)
         self._producer.poll(0)
@@ -340,7 +339,8 @@ class Publisher:
             self.summary.delivered += 1
             return
         partition = message.partition()
-        # A record that never reached a partition (e.g. its topic is missing) has partition None or -1.
+        # A record that never reached a partition, for example because its topic is missing, has
+        # partition None or -1.
         where = f"{message.topic()}[{partition if partition is not None and partition >= 0 else 'unassigned'}]"
         failure = f"{where}: {error.str()}"
         self.summary.failures.append(failure)

@@ -364,7 +364,8 @@ class ParsedValue:
     """One top-level JSON or YAML value and the line it starts on.
 
     `item_lines` gives the start line of each element of the value (a list) or of its `items` (a List
-    object) when the parser knows them. The YAML parser does, the JSON parser does not.
+    object) when the parser provides them. The YAML parser does. The JSON parser does not, so the
+    elements of a JSON list are reported at the line where the list starts.
     """
 
     line: int
@@ -372,34 +373,24 @@ class ParsedValue:
     item_lines: list[int] | None = None
 
 
-_JSON_TOKEN = re.compile(rb'"(?:[^"\\]|\\.)*"|[{}\[\]]')
-_DEPTH_CHANGE = {b"{": 1, b"[": 1, b"}": -1, b"]": -1}
-# First bytes of a line that continues a pretty-printed value: indentation or a closing bracket.
+# First bytes of a line inside a pretty-printed value: indentation, a closing bracket or a line break.
 _CONTINUATION_START = frozenset({b" ", b"\t", b"}", b"]", b"\r", b"\n"})
-
-
-def _depth_change(raw: bytes) -> int:
-    """Return the change of JSON nesting depth over one line, ignoring brackets inside strings."""
-    depth = 0
-    for match in _JSON_TOKEN.finditer(raw):
-        depth += _DEPTH_CHANGE.get(match.group(), 0)
-    return depth
+_CLOSING_START = frozenset({b"}", b"]"})
 
 
 def parse_json_stream(lines: Iterable[tuple[int, bytes]], origin: Callable[[int], str]) -> Iterator[ParsedValue | Rejection]:
     """Parse JSON values written one per line or pretty-printed over several lines.
 
-    A value that does not parse on its own line is collected until its brackets balance. Pretty
-    printers such as kubectl indent everything inside a top-level value, so a line that starts in
-    column 0 with anything but `}` or `]` begins a new value even when the previous one is incomplete.
-    One broken value therefore costs only itself.
+    Pretty printers such as kubectl indent everything inside a top-level value and close it with `}`
+    or `]` in column 0. So a value that does not parse on its first line is collected until a line
+    that closes it parses, and a line that starts in column 0 with anything but `}` or `]` begins a
+    new value even when the previous one is incomplete. One broken value therefore costs only itself.
     """
     buffer: list[bytes] = []
     start = 0
-    depth = 0
     for number, raw in lines:
         if buffer and raw[:1] not in _CONTINUATION_START:
-            yield Rejection(origin(start), "incomplete JSON value: a new value starts before it ends", b"".join(buffer))
+            yield from _decode_values(start, b"".join(buffer), origin)
             buffer = []
         if not buffer:
             stripped = raw.strip()
@@ -409,22 +400,28 @@ def parse_json_stream(lines: Iterable[tuple[int, bytes]], origin: Callable[[int]
                 yield ParsedValue(number, orjson.loads(stripped))
                 continue
             except orjson.JSONDecodeError:
-                pass
-            buffer = [raw]
-            start = number
-            depth = _depth_change(raw)
-        else:
-            buffer.append(raw)
-            depth += _depth_change(raw)
-        if depth <= 0:
-            yield from _decode_values(start, b"".join(buffer), origin)
+                buffer = [raw]
+                start = number
+                continue
+        buffer.append(raw)
+        if raw[:1] in _CLOSING_START:
+            try:
+                value = orjson.loads(b"".join(buffer))
+            except orjson.JSONDecodeError:
+                continue
+            yield ParsedValue(start, value)
             buffer = []
     if buffer:
-        yield Rejection(origin(start), "incomplete JSON value: the file ends before it does", b"".join(buffer))
+        yield from _decode_values(start, b"".join(buffer), origin)
 
 
 def _decode_values(start: int, raw: bytes, origin: Callable[[int], str]) -> Iterator[ParsedValue | Rejection]:
     """Decode one or more whitespace-separated JSON values that start on line `start`."""
+    try:
+        yield ParsedValue(start, orjson.loads(raw))
+        return
+    except orjson.JSONDecodeError:
+        pass
     try:
         text = raw.decode("utf-8")
     except UnicodeDecodeError as error:
@@ -441,8 +438,11 @@ def _decode_values(start: int, raw: bytes, origin: Callable[[int], str]) -> Iter
         try:
             value, end = decoder.raw_decode(text, position)
         except json.JSONDecodeError as error:
-            where = f"line {start + error.lineno - 1} column {error.colno}"
-            yield Rejection(origin(line), f"invalid JSON: {error.msg} at {where}", text[position:].encode())
+            if error.pos >= len(text.rstrip()):
+                reason = "incomplete JSON value: the input ends or the next value starts before its brackets close"
+            else:
+                reason = f"invalid JSON: {error.msg} at line {start + error.lineno - 1} column {error.colno}"
+            yield Rejection(origin(line), reason, text[position:].encode())
             return
         yield ParsedValue(line, value)
         position = end
@@ -595,7 +595,7 @@ class FileReader:
             handle = open(self.path, "rb")
         except OSError as error:
             raise InputError(
-                f"cannot open {self.path}: {error.strerror}; check the path and that the file is readable"
+                f"failed to open {self.path}: {error.strerror}; check the path and that the file is readable"
             ) from None
         with handle:
             head = handle.read(64 * 1024)
@@ -613,7 +613,7 @@ class FileReader:
                     self.progress(len(raw))
                 yield number, raw
         except OSError as error:
-            raise InputError(f"cannot read {self.path}: {error.strerror}; check the file and the disk") from None
+            raise InputError(f"failed to read {self.path}: {error.strerror}; check the file and the disk") from None
 
     def _records(self, values: Iterator[ParsedValue | Rejection]) -> Iterator[ReplayItem]:
         wrappers: list[_Wrapper] | None = None
@@ -786,6 +786,6 @@ def expand_inputs(arguments: Iterable[str]) -> list[Path]:
                 pass
         except OSError as error:
             raise InputError(
-                f"cannot open {path}: {error.strerror}; check the path and that the file is readable"
+                f"failed to open {path}: {error.strerror}; check the path and that the file is readable"
             ) from None
     return paths

@@ -82,8 +82,11 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     )
 
 
-def parse_duration_ms(text: str) -> int:
-    """Parse a duration such as 300s, 10m, 1h30m, 5d, 250ms or a plain number of seconds."""
+def parse_duration_ms(text: str, option: str = "duration") -> int:
+    """Parse a duration such as 300s, 10m, 1h30m, 5d, 250ms or a plain number of seconds.
+
+    Raises ConfigError naming `option`, the value and an example.
+    """
     value = text.strip()
     try:
         seconds = float(value)
@@ -100,7 +103,7 @@ def parse_duration_ms(text: str) -> int:
         position = match.end()
     if not value or position != len(value):
         raise ConfigError(
-            f"invalid duration {text!r}: expected a number with units d, h, m, s or ms, for example 300s, 10m or 1h30m"
+            f"invalid {option} {text!r}: expected a number with units d, h, m, s or ms, for example 300s, 10m or 1h30m"
         )
     return round(total)
 
@@ -137,10 +140,7 @@ def parse_options(args: argparse.Namespace, settings: Settings) -> ReplayOptions
         raise ConfigError(
             f"invalid --tick-interval value {args.tick_interval}: expected seconds >= 0, for example 1 or 60"
         )
-    try:
-        hold_ms = parse_duration_ms(args.hold)
-    except ConfigError as error:
-        raise ConfigError(f"invalid --hold value: {error}") from None
+    hold_ms = parse_duration_ms(args.hold, option="--hold value")
     return ReplayOptions(
         cluster=cluster,
         start_ms=parse_start_ms(args.start),

@@ -533,7 +533,27 @@ def test_truncated_file_reported(tmp_path):
     assert [change.name for change in changes_of(items)] == ["a"]
     rejected = rejections_of(items)
     assert [item.origin for item in rejected] == [f"{path}:2"]
-    assert "ends before" in rejected[0].reason
+    assert "incomplete JSON value" in rejected[0].reason
+
+
+def test_indented_closing_bracket_parses(tmp_path):
+    text = '{\n  "kind": "Namespace",\n  "metadata": {"name": "a"} }\n{\n  "kind": "Namespace",\n  "metadata": {"name": "b"}\n  }\n'
+    path = write(tmp_path, "indented.json", text)
+    items = read(path)
+    assert rejections_of(items) == []
+    assert [(item.origin, item.change.name) for item in items] == [(f"{path}:1", "a"), (f"{path}:4", "b")]
+
+
+def test_two_values_on_one_line(tmp_path):
+    path = write(tmp_path, "pair.json", '{"kind": "Namespace", "metadata": {"name": "a"}} {"kind": "Namespace", "metadata": {"name": "b"}}\n')
+    assert [change.name for change in changes_of(read(path))] == ["a", "b"]
+
+
+def test_progress_reports_every_byte():
+    path = DATA / "watch-events-pretty.json"
+    consumed = []
+    list(read_file(path, builder(), consumed.append))
+    assert sum(consumed) == path.stat().st_size
 
 
 def test_malformed_yaml_costs_only_its_document():
@@ -558,7 +578,7 @@ def test_missing_file_is_input_error(tmp_path):
     missing = tmp_path / "nope.yaml"
     with pytest.raises(InputError, match="nope.yaml"):
         expand_inputs([str(missing)])
-    with pytest.raises(InputError, match="cannot open"):
+    with pytest.raises(InputError, match="failed to open"):
         read(missing)
 
 
