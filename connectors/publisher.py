@@ -5,7 +5,7 @@ Changes are buffered per topic key and sent as one ChangeBatch record per buffer
 every partition of the changes topic, after the buffered changes of its cluster, so that each partition
 receives the changes of a cluster before the tick that follows them.
 
-The publisher knows nothing about files: the replay connector and the Kubernetes watcher both use it.
+The publisher does not depend on files, so the replay connector and the Kubernetes watcher can both use it.
 Nothing it writes depends on the wall clock or on randomness, except DeadLetter.time.
 """
 

@@ -1,6 +1,6 @@
 """Reading recorded Kubernetes history into resource changes.
 
-Each file is read as a JSON stream or as YAML. A JSON stream holds JSON values one per line or
+Each file is read as a JSON stream or as YAML. A JSON stream contains JSON values one per line or
 pretty-printed over several lines, as `kubectl get -w -o json --output-watch-events` prints them.
 `.yaml` and `.yml` files are YAML, `.json`, `.jsonl` and `.ndjson` files are JSON, and other files are
 JSON when their first character that is not blank or part of a `#` comment line is `{` or `[`.
@@ -9,7 +9,11 @@ Every value is one of:
 - a watch event `{"type": "ADDED|MODIFIED|DELETED|BOOKMARK|ERROR", "object": {...}}`,
 - a Kubernetes object, a list of objects, or a `List`/`<Kind>List` with `items`,
 - a workflow wrapper `{"workflow", "seq", "steps", "source", "object"}`. A file whose first value is a
-  wrapper must hold only wrappers. Each workflow is replayed as its own cluster, in `seq` order.
+  wrapper must contain only wrappers. Each workflow is replayed as its own cluster, in `seq` order,
+  so such a file is read whole into memory before its first change is returned.
+
+A watch event or wrapper may carry the observed time of its change in a `time` field (RFC 3339).
+Otherwise the time comes from the object's timestamps, see object_time_ms.
 
 Invalid input becomes a Rejection that names FILE:LINE, where LINE is the first line of the value.
 """
@@ -382,9 +386,9 @@ def parse_json_stream(lines: Iterable[tuple[int, bytes]], origin: Callable[[int]
     """Parse JSON values written one per line or pretty-printed over several lines.
 
     Pretty printers such as kubectl indent everything inside a top-level value and close it with `}`
-    or `]` in column 0. So a value that does not parse on its first line is collected until a line
-    that closes it parses, and a line that starts in column 0 with anything but `}` or `]` begins a
-    new value even when the previous one is incomplete. One broken value therefore costs only itself.
+    or `]` in column 0. So a value that does not parse on its first line is collected until it parses
+    at such a closing line. A line that starts in column 0 with anything but `}` or `]` begins a new
+    value, even when the previous one is incomplete, so one broken value costs only itself.
     """
     buffer: list[bytes] = []
     start = 0
@@ -485,7 +489,7 @@ def _yaml_documents(lines: Iterable[tuple[int, bytes]]) -> Iterator[tuple[int, b
 
 
 def _is_yaml_content(raw: bytes) -> bool:
-    """Return whether a line holds YAML data, as opposed to a blank, comment, directive or bare `---` line."""
+    """Return whether a line contains YAML data, as opposed to a blank, comment, directive or bare `---` line."""
     if _DOCUMENT_START.match(raw):
         raw = raw[3:]
     stripped = raw.strip()

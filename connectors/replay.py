@@ -239,11 +239,20 @@ def _progress_bar(path: Path) -> Any:
     return tqdm(total=size, unit="B", unit_scale=True, desc=path.name, file=sys.stderr, leave=False)
 
 
-def replay(paths: list[Path], options: ReplayOptions, publisher: Publisher, show_progress: bool = False) -> list[FileSummary]:
-    """Publish the files in order, then the final tick of every cluster. Prints a line per file."""
+def replay(
+    paths: list[Path],
+    options: ReplayOptions,
+    publisher: Publisher,
+    summaries: list[FileSummary],
+    show_progress: bool = False,
+) -> None:
+    """Publish the files in order, then the final tick of every cluster.
+
+    Prints a line per file and appends its summary to `summaries`, so a caller that catches an error
+    still has the summaries of the files replayed before it.
+    """
     builder = ChangeBuilder(options.cluster, options.start_ms, options.step_ms)
     ticks = TickSchedule(publisher, options.tick_interval_ms)
-    summaries = []
     for path in paths:
         summary = replay_file(path, builder, publisher, ticks, show_progress)
         print(summary.describe(), flush=True)
@@ -253,7 +262,6 @@ def replay(paths: list[Path], options: ReplayOptions, publisher: Publisher, show
         )
         summaries.append(summary)
     ticks.finish(options.hold_ms)
-    return summaries
 
 
 def run(args: argparse.Namespace, settings: Settings) -> int:
@@ -268,7 +276,7 @@ def run(args: argparse.Namespace, settings: Settings) -> int:
     try:
         # Read the partition count before any record, so a missing topic fails fast.
         publisher.partition_count()
-        summaries = replay(paths, options, publisher, show_progress=sys.stderr.isatty())
+        replay(paths, options, publisher, summaries, show_progress=sys.stderr.isatty())
     except PublishError as raised:
         error = raised
     finally:
