@@ -49,6 +49,12 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         "workflow wrapper lines use NAME.WORKFLOW",
     )
     parser.add_argument(
+        "--cluster-per-file",
+        action="store_true",
+        help="name each file's cluster after the file (its name without extension), for files that are "
+        "separate recordings such as bug-report dumps; --cluster is then ignored",
+    )
+    parser.add_argument(
         "--start",
         default=DEFAULT_START,
         metavar="RFC3339",
@@ -121,6 +127,7 @@ def parse_start_ms(text: str) -> int:
 @dataclass(frozen=True)
 class ReplayOptions:
     cluster: str
+    cluster_per_file: bool
     start_ms: int
     step_ms: int
     hold_ms: int
@@ -143,6 +150,7 @@ def parse_options(args: argparse.Namespace, settings: Settings) -> ReplayOptions
     hold_ms = parse_duration_ms(args.hold, option="--hold value")
     return ReplayOptions(
         cluster=cluster,
+        cluster_per_file=args.cluster_per_file,
         start_ms=parse_start_ms(args.start),
         step_ms=round(args.step * 1000),
         hold_ms=hold_ms,
@@ -254,6 +262,8 @@ def replay(
     builder = ChangeBuilder(options.cluster, options.start_ms, options.step_ms)
     ticks = TickSchedule(publisher, options.tick_interval_ms)
     for path in paths:
+        if options.cluster_per_file:
+            builder = ChangeBuilder(path.stem, options.start_ms, options.step_ms)
         summary = replay_file(path, builder, publisher, ticks, show_progress)
         print(summary.describe(), flush=True)
         log.info(

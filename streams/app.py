@@ -10,6 +10,7 @@ recognised by offset and skipped.
 from __future__ import annotations
 
 import logging
+import os
 from typing import Any
 
 import faust
@@ -19,6 +20,21 @@ from kdiag.settings import Settings
 from streams.runtime import InputRecord, WorkerRuntime
 
 log = logging.getLogger(__name__)
+
+# Exit status after an error the worker cannot recover from in-process (sysexits EX_SOFTWARE).
+EXIT_FATAL = 70
+
+
+def stop_after_fatal_error(error: Exception) -> None:
+    """Exit the process at once.
+
+    Faust would restart a crashed agent after the failed batch, whose events it already delivered, so
+    those records would be skipped. Exiting makes the next start resume from the committed
+    transactions instead, exactly as after kill -9.
+    """
+    log.critical("worker stopped after an unrecoverable error", extra={"error": repr(error)}, exc_info=error)
+    logging.shutdown()
+    os._exit(EXIT_FATAL)
 
 
 def create_app(settings: Settings, rule_set: RuleSet) -> tuple[faust.App, WorkerRuntime]:
@@ -47,7 +63,10 @@ def create_app(settings: Settings, rule_set: RuleSet) -> tuple[faust.App, Worker
             records = [
                 InputRecord(event.message.partition, event.message.offset, event.value) for event in events
             ]
-            runtime.process(records)
+            try:
+                runtime.process(records)
+            except Exception as error:
+                stop_after_fatal_error(error)
 
     @app.on_partitions_assigned.connect
     async def on_assigned(sender: Any, assigned: set[Any], **kwargs: Any) -> None:

@@ -83,6 +83,7 @@ def test_options_defaults():
     options = replay.parse_options(parse_args("x.yaml"), Settings(cluster="lab"))
     assert options == replay.ReplayOptions(
         cluster="lab",
+        cluster_per_file=False,
         start_ms=parse_time_ms("2020-01-01T00:00:00Z"),
         step_ms=1000,
         hold_ms=0,
@@ -93,6 +94,34 @@ def test_options_defaults():
 def test_invalid_hold_names_option():
     with pytest.raises(ConfigError, match="--hold.*'forever'"):
         replay.parse_options(parse_args("x.yaml", "--hold", "forever"), Settings())
+
+
+def test_cluster_per_file_names_clusters_after_files(tmp_path):
+    for name in ("case-a", "case-b"):
+        (tmp_path / f"{name}.yaml").write_text(
+            "- {apiVersion: v1, kind: Node, metadata: {name: n1}, status: {phase: Running}}\n"
+        )
+    publisher = RecordingChangePublisher()
+    options = replay.parse_options(parse_args("x.yaml", "--cluster-per-file"), Settings())
+    replay.replay(sorted(tmp_path.glob("*.yaml")), options, publisher, [])
+    assert [change.cluster for change in publisher.changes] == ["case-a", "case-b"]
+    assert len({change.uid for change in publisher.changes}) == 2
+    assert sorted(cluster for cluster, _ in publisher.ticks) == ["case-a", "case-b"]
+
+
+class RecordingChangePublisher:
+    def __init__(self) -> None:
+        self.changes = []
+        self.ticks: list[tuple[str, int]] = []
+
+    def publish_change(self, change, origin) -> None:
+        self.changes.append(change)
+
+    def publish_tick(self, cluster: str, time_ms: int) -> None:
+        self.ticks.append((cluster, time_ms))
+
+    def publish_dead_letter(self, origin, reason, payload) -> None:
+        raise AssertionError(f"unexpected dead letter at {origin}: {reason}")
 
 
 def test_cluster_with_slash_rejected():

@@ -1,0 +1,140 @@
+"""`kdiag alerts`: print the alerts topic as a table or as JSON lines.
+
+It reads with isolation.level=read_committed, so it shows only alerts whose worker transaction
+committed, and it never commits consumer offsets.
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import sys
+import time
+import uuid
+from typing import IO, Any, Iterator
+
+import orjson
+from confluent_kafka import OFFSET_BEGINNING, OFFSET_END, Consumer, KafkaError, KafkaException, TopicPartition
+
+from kdiag.codec import codec
+from kdiag.errors import DecodeError, KdiagError
+from kdiag.model import format_time_ms
+from kdiag.settings import Settings
+
+log = logging.getLogger(__name__)
+
+ALERT = codec("Alert")
+TIME_FIELDS = ("activeSince", "firedAt", "resolvedAt")
+TABLE_COLUMNS = (("STATUS", 8), ("RULE", 34), ("CLUSTER", 26), ("OBJECT", 56), ("FIRED AT", 20), ("RESOLVED AT", 20))
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--from-beginning", action="store_true", help="start at the oldest alert (default: new ones only)")
+    parser.add_argument(
+        "--until-idle",
+        type=float,
+        metavar="SECONDS",
+        help="exit once no alert arrived for SECONDS after reaching the end (default: run until interrupted)",
+    )
+    parser.add_argument("--format", choices=["table", "json"], default="table", help="output format (default table)")
+
+
+def read_alerts(
+    settings: Settings, from_beginning: bool, until_idle_seconds: float | None
+) -> Iterator[tuple[dict[str, Any] | None, str]]:
+    """Yield (alert, origin) pairs; alert is None when the record could not be decoded."""
+    consumer = Consumer(
+        {
+            "bootstrap.servers": settings.bootstrap_servers,
+            "group.id": f"kdiag-alerts-reader-{uuid.uuid4().hex[:8]}",
+            "enable.auto.commit": False,
+            "isolation.level": "read_committed",
+            "enable.partition.eof": True,
+        }
+    )
+    try:
+        metadata = consumer.list_topics(settings.alerts_topic, timeout=30).topics.get(settings.alerts_topic)
+        if metadata is None or metadata.error is not None:
+            raise KdiagError(
+                f"topic {settings.alerts_topic} not found at {settings.bootstrap_servers}; "
+                f"start a worker or run kdiag topics create"
+            )
+        start = OFFSET_BEGINNING if from_beginning else OFFSET_END
+        partitions = [TopicPartition(settings.alerts_topic, p, start) for p in metadata.partitions]
+        consumer.assign(partitions)
+        at_end: set[int] = set()
+        last_activity = time.monotonic()
+        while True:
+            message = consumer.poll(0.2)
+            if message is None:
+                idle = time.monotonic() - last_activity
+                if until_idle_seconds is not None and len(at_end) == len(partitions) and idle >= until_idle_seconds:
+                    return
+                continue
+            error = message.error()
+            if error is not None:
+                if error.code() == KafkaError._PARTITION_EOF:
+                    at_end.add(message.partition())
+                    continue
+                raise KafkaException(error)
+            at_end.discard(message.partition())
+            last_activity = time.monotonic()
+            origin = f"{message.topic()}[{message.partition()}]@{message.offset()}"
+            try:
+                yield ALERT.decode(message.value()), origin
+            except DecodeError as decode_error:
+                log.warning("alert record skipped", extra={"origin": origin, "reason": str(decode_error)})
+                yield None, origin
+    finally:
+        consumer.close()
+
+
+def alert_to_json(alert: dict[str, Any]) -> dict[str, Any]:
+    """Return the alert with its times as RFC 3339 strings."""
+    readable = dict(alert)
+    for name in TIME_FIELDS:
+        if readable.get(name) is not None:
+            readable[name] = format_time_ms(readable[name])
+    return readable
+
+
+def format_row(values: list[str]) -> str:
+    cells = []
+    for value, (_, width) in zip(values, TABLE_COLUMNS):
+        text = value if len(value) <= width else value[: width - 1] + "…"
+        cells.append(text.ljust(width))
+    return " ".join(cells).rstrip()
+
+
+def table_row(alert: dict[str, Any]) -> str:
+    obj = f"{alert['namespace'] or '-'}/{alert['kind']}/{alert['name']}"
+    resolved = format_time_ms(alert["resolvedAt"]) if alert.get("resolvedAt") is not None else ""
+    return format_row(
+        [alert["status"], alert["rule"], alert["cluster"], obj, format_time_ms(alert["firedAt"]), resolved]
+    )
+
+
+def print_alerts(
+    settings: Settings, from_beginning: bool, until_idle_seconds: float | None, output_format: str, out: IO[str]
+) -> int:
+    count = 0
+    if output_format == "table":
+        out.write(format_row([title for title, _ in TABLE_COLUMNS]) + "\n")
+        out.flush()
+    for alert, _origin in read_alerts(settings, from_beginning, until_idle_seconds):
+        if alert is None:
+            continue
+        count += 1
+        if output_format == "json":
+            out.write(orjson.dumps(alert_to_json(alert)).decode() + "\n")
+        else:
+            out.write(table_row(alert) + "\n")
+        out.flush()
+    return count
+
+
+def run(args: argparse.Namespace, settings: Settings) -> int:
+    count = print_alerts(settings, args.from_beginning, args.until_idle, args.format, sys.stdout)
+    if args.format == "table":
+        print(f"{count} alert records", file=sys.stderr)
+    return 0

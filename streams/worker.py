@@ -1,0 +1,64 @@
+"""`kdiag worker`: run the stream worker until SIGINT or SIGTERM."""
+
+from __future__ import annotations
+
+import argparse
+import logging
+from pathlib import Path
+
+import faust
+from prometheus_client import start_http_server
+
+from kdiag.rules import load_rules
+from kdiag.settings import Settings
+from kdiag.topics import ensure_topics
+from streams.app import create_app
+
+log = logging.getLogger(__name__)
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--rules", type=Path, action="append", help="rule file or folder (repeatable; default: rules/)")
+    parser.add_argument("--app-id", help="consumer group and state name (default KDIAG_APP_ID or kdiag-worker)")
+    parser.add_argument("--state-dir", type=Path, help="folder of the RocksDB state (default var/state)")
+    parser.add_argument("--metrics-port", type=int, help="serve Prometheus metrics on 127.0.0.1:PORT (0: off)")
+
+
+def run(args: argparse.Namespace, settings: Settings) -> int:
+    settings = settings.replace(
+        **{
+            key: value
+            for key, value in {
+                "app_id": args.app_id,
+                "state_dir": args.state_dir,
+                "metrics_port": args.metrics_port,
+            }.items()
+            if value is not None
+        }
+    )
+    rule_paths = args.rules or [settings.rules_dir]
+    rule_set = load_rules(rule_paths)
+    ensure_topics(settings)
+    if settings.metrics_port:
+        start_http_server(settings.metrics_port, addr="127.0.0.1")
+    log.info(
+        "worker starting",
+        extra={
+            "app_id": settings.app_id,
+            "topic": settings.changes_topic,
+            "rules": len(rule_set),
+            "bootstrap_servers": settings.bootstrap_servers,
+            "metrics_port": settings.metrics_port,
+        },
+    )
+    app, runtime = create_app(settings, rule_set)
+    code = 0
+    worker = faust.Worker(app, quiet=True, redirect_stdouts=False, override_logging=False, loglevel="WARNING")
+    try:
+        worker.execute_from_commandline()
+    except SystemExit as exit_:
+        code = exit_.code if isinstance(exit_.code, int) else 0
+    finally:
+        runtime.close()
+        log.info("worker stopped", extra={"app_id": settings.app_id})
+    return code

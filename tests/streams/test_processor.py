@@ -1,0 +1,173 @@
+"""PartitionProcessor with explicit records and timestamps: no broker, no sleeping."""
+
+import orjson
+import pytest
+
+from kdiag.codec import codec
+from kdiag.rules import RuleSet, parse_rules
+from streams.processor import BatchResult, OffsetGapError, PartitionProcessor
+from streams.state import NEXT_OFFSET_KEY, clock_state_key
+
+CHANGE_BATCH = codec("ChangeBatch")
+T0 = 1_600_000_000_000
+
+RULES = RuleSet(
+    parse_rules(
+        {
+            "PodCrashLooping": {
+                "duration": 60,
+                "resource": "Pod",
+                "checkField": [
+                    {
+                        "field": ["status", "containerStatuses"],
+                        "subIdentifierName": "name",
+                        "subField": ["state", "waiting", "reason"],
+                        "equalValue": ["CrashLoopBackOff"],
+                    }
+                ],
+            }
+        },
+        source="test",
+    )
+)
+
+
+def pod(reason: str | None) -> dict:
+    state = {"waiting": {"reason": reason}} if reason else {"running": {}}
+    return {
+        "apiVersion": "v1",
+        "kind": "Pod",
+        "metadata": {"name": "web-0", "namespace": "team-a", "uid": "u1"},
+        "status": {"containerStatuses": [{"name": "app", "state": state}]},
+    }
+
+
+def change_record(obj: dict | bytes, time_ms: int, change_type: str = "MODIFIED", version: str = "1") -> bytes:
+    object_json = obj if isinstance(obj, bytes) else orjson.dumps(obj)
+    change = {
+        "cluster": "c1",
+        "apiVersion": "v1",
+        "kind": "Pod",
+        "namespace": "team-a",
+        "name": "web-0",
+        "uid": "u1",
+        "resourceVersion": version,
+        "changeType": change_type,
+        "observedTime": time_ms,
+        "object": object_json,
+    }
+    return CHANGE_BATCH.encode({"changes": [change], "tick": None})
+
+
+def tick_record(time_ms: int) -> bytes:
+    return CHANGE_BATCH.encode({"changes": [], "tick": {"cluster": "c1", "time": time_ms, "source": "test"}})
+
+
+def new_processor(next_offset: int = 0) -> PartitionProcessor:
+    return PartitionProcessor("changes", 0, RULES, [], {}, next_offset)
+
+
+def statuses(result: BatchResult) -> list[str]:
+    return [event.status for event in result.alerts]
+
+
+def test_tick_past_deadline_fires():
+    processor = new_processor()
+    result = BatchResult()
+    processor.process(0, change_record(pod("CrashLoopBackOff"), T0), result)
+    processor.process(1, tick_record(T0 + 59_999), result)
+    assert statuses(result) == []
+    processor.process(2, tick_record(T0 + 60_000), result)
+    assert statuses(result) == ["FIRING"]
+    assert result.alerts[0].to_avro()["context"] == {
+        "status.containerStatuses[name=app].state.waiting.reason": "CrashLoopBackOff"
+    }
+
+
+def test_recovery_resolves_firing_alert():
+    processor = new_processor()
+    result = BatchResult()
+    processor.process(0, change_record(pod("CrashLoopBackOff"), T0), result)
+    processor.process(1, tick_record(T0 + 61_000), result)
+    processor.process(2, change_record(pod(None), T0 + 90_000, version="2"), result)
+    assert statuses(result) == ["FIRING", "RESOLVED"]
+    assert result.alerts[1].to_avro()["resolveReason"] == "recovered"
+
+
+def test_deleted_change_cancels_pending():
+    processor = new_processor()
+    result = BatchResult()
+    processor.process(0, change_record(pod("CrashLoopBackOff"), T0), result)
+    processor.process(1, change_record(pod("CrashLoopBackOff"), T0 + 1_000, "DELETED"), result)
+    processor.process(2, tick_record(T0 + 600_000), result)
+    assert statuses(result) == []
+
+
+def test_committed_offsets_are_skipped():
+    processor = new_processor(next_offset=5)
+    result = BatchResult()
+    processor.process(3, change_record(pod("CrashLoopBackOff"), T0), result)
+    processor.process(4, tick_record(T0 + 600_000), result)
+    assert result.skipped == 2
+    assert result.records == 0
+    assert statuses(result) == []
+
+
+def test_offset_gap_after_start_raises():
+    processor = new_processor(next_offset=5)
+    with pytest.raises(OffsetGapError, match=r"changes\[0\] delivered offset 9"):
+        processor.process(9, tick_record(T0), BatchResult())
+
+
+def test_undecodable_record_becomes_dead_letter():
+    processor = new_processor()
+    result = BatchResult()
+    processor.process(0, b"not avro at all", result)
+    processor.process(1, change_record(pod("CrashLoopBackOff"), T0), result)
+    assert len(result.dead_letters) == 1
+    letter = result.dead_letters[0]
+    assert letter["origin"] == "changes[0]@0"
+    assert "Avro single-object" in letter["reason"]
+    assert letter["payload"] == b"not avro at all"
+    assert processor.next_offset == 2
+
+
+def test_object_that_is_not_json_becomes_dead_letter():
+    processor = new_processor()
+    result = BatchResult()
+    processor.process(0, change_record(b"{broken", T0), result)
+    assert len(result.dead_letters) == 1
+    assert "team-a/Pod/web-0" in result.dead_letters[0]["reason"]
+    assert "not valid JSON" in result.dead_letters[0]["reason"]
+
+
+def test_state_writes_only_on_transitions():
+    processor = new_processor()
+    result = BatchResult()
+    processor.process(0, change_record(pod("CrashLoopBackOff"), T0), result)
+    first = dict(processor.take_state_writes())
+    assert any(key.startswith(b"e\x1f") for key in first)
+    assert first[NEXT_OFFSET_KEY] == b"1"
+    assert first[clock_state_key("c1")] == str(T0).encode()
+
+    processor.process(1, change_record(pod("CrashLoopBackOff"), T0 + 1_000, version="2"), result)
+    second = dict(processor.take_state_writes())
+    assert not any(key.startswith(b"e\x1f") for key in second)
+    assert second[NEXT_OFFSET_KEY] == b"2"
+
+
+def test_same_records_give_same_alerts():
+    records = [
+        change_record(pod("CrashLoopBackOff"), T0),
+        tick_record(T0 + 60_000),
+        change_record(pod(None), T0 + 70_000, version="2"),
+    ]
+    runs = []
+    for _ in range(2):
+        processor = new_processor()
+        result = BatchResult()
+        for offset, record in enumerate(records):
+            processor.process(offset, record, result)
+        runs.append([event.to_avro() for event in result.alerts])
+    assert runs[0] == runs[1]
+    assert len(runs[0]) == 2
