@@ -20,6 +20,7 @@ from kdiag.codec import codec
 from kdiag.errors import DecodeError, KdiagError
 from kdiag.model import format_time_ms
 from kdiag.settings import Settings
+from kdiag.topics import consumer_lag
 
 log = logging.getLogger(__name__)
 
@@ -36,11 +37,17 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         metavar="SECONDS",
         help="exit once no alert arrived for SECONDS after reaching the end (default: run until interrupted)",
     )
+    parser.add_argument(
+        "--until-caught-up",
+        action="store_true",
+        help="exit once the worker's consumer group has committed every changes-topic record "
+        "and every alert it produced was printed",
+    )
     parser.add_argument("--format", choices=["table", "json"], default="table", help="output format (default table)")
 
 
 def read_alerts(
-    settings: Settings, from_beginning: bool, until_idle_seconds: float | None
+    settings: Settings, from_beginning: bool, until_idle_seconds: float | None, until_caught_up: bool = False
 ) -> Iterator[tuple[dict[str, Any] | None, str]]:
     """Yield (alert, origin) pairs; alert is None when the record could not be decoded."""
     consumer = Consumer(
@@ -62,22 +69,30 @@ def read_alerts(
         start = OFFSET_BEGINNING if from_beginning else OFFSET_END
         partitions = [TopicPartition(settings.alerts_topic, p, start) for p in metadata.partitions]
         consumer.assign(partitions)
-        at_end: set[int] = set()
+        at_end: dict[int, int] = {}  # partition -> end offset, for partitions read to the end
         last_activity = time.monotonic()
+        targets: dict[int, int] | None = None
         while True:
             message = consumer.poll(0.2)
             if message is None:
+                drained = len(at_end) == len(partitions)
                 idle = time.monotonic() - last_activity
-                if until_idle_seconds is not None and len(at_end) == len(partitions) and idle >= until_idle_seconds:
+                if until_idle_seconds is not None and drained and idle >= until_idle_seconds:
                     return
+                if until_caught_up and drained:
+                    if targets is None and consumer_lag(settings) == 0:
+                        # The worker commits alerts before offsets: every alert is below these ends.
+                        targets = _end_offsets(consumer, partitions)
+                    if targets is not None and all(at_end[p] >= end for p, end in targets.items()):
+                        return
                 continue
             error = message.error()
             if error is not None:
                 if error.code() == KafkaError._PARTITION_EOF:
-                    at_end.add(message.partition())
+                    at_end[message.partition()] = message.offset()
                     continue
                 raise KafkaException(error)
-            at_end.discard(message.partition())
+            at_end.pop(message.partition(), None)
             last_activity = time.monotonic()
             origin = f"{message.topic()}[{message.partition()}]@{message.offset()}"
             try:
@@ -87,6 +102,14 @@ def read_alerts(
                 yield None, origin
     finally:
         consumer.close()
+
+
+def _end_offsets(consumer: Consumer, partitions: list[TopicPartition]) -> dict[int, int]:
+    ends = {}
+    for partition in partitions:
+        _, high = consumer.get_watermark_offsets(partition, timeout=30, cached=False)
+        ends[partition.partition] = high
+    return ends
 
 
 def alert_to_json(alert: dict[str, Any]) -> dict[str, Any]:
@@ -115,13 +138,18 @@ def table_row(alert: dict[str, Any]) -> str:
 
 
 def print_alerts(
-    settings: Settings, from_beginning: bool, until_idle_seconds: float | None, output_format: str, out: IO[str]
+    settings: Settings,
+    from_beginning: bool,
+    until_idle_seconds: float | None,
+    output_format: str,
+    out: IO[str],
+    until_caught_up: bool = False,
 ) -> int:
     count = 0
     if output_format == "table":
         out.write(format_row([title for title, _ in TABLE_COLUMNS]) + "\n")
         out.flush()
-    for alert, _origin in read_alerts(settings, from_beginning, until_idle_seconds):
+    for alert, _origin in read_alerts(settings, from_beginning, until_idle_seconds, until_caught_up):
         if alert is None:
             continue
         count += 1
@@ -134,7 +162,9 @@ def print_alerts(
 
 
 def run(args: argparse.Namespace, settings: Settings) -> int:
-    count = print_alerts(settings, args.from_beginning, args.until_idle, args.format, sys.stdout)
+    count = print_alerts(
+        settings, args.from_beginning, args.until_idle, args.format, sys.stdout, args.until_caught_up
+    )
     if args.format == "table":
         print(f"{count} alert records", file=sys.stderr)
     return 0

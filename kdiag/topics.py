@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import logging
 
-from confluent_kafka import KafkaError, KafkaException
+from confluent_kafka import Consumer, KafkaError, KafkaException, TopicPartition
 from confluent_kafka.admin import AdminClient, NewTopic
 
 from kdiag.errors import KdiagError
@@ -64,3 +64,24 @@ def ensure_topics(settings: Settings, timeout_seconds: float = 30.0) -> list[str
                 f"set KDIAG_PARTITIONS={count} or recreate the topic"
             )
     return created
+
+
+def consumer_lag(settings: Settings, timeout_seconds: float = 30.0) -> int | None:
+    """Return how many changes-topic records the worker group has not committed yet.
+
+    Returns None while the group coordinator cannot answer, e.g. right after the broker started.
+    """
+    consumer = Consumer({"bootstrap.servers": settings.bootstrap_servers, "group.id": settings.app_id})
+    try:
+        partitions = [TopicPartition(settings.changes_topic, p) for p in range(settings.partitions)]
+        try:
+            committed = consumer.committed(partitions, timeout=timeout_seconds)
+        except KafkaException:
+            return None
+        lag = 0
+        for partition in committed:
+            _, high = consumer.get_watermark_offsets(partition, timeout=timeout_seconds, cached=False)
+            lag += high - max(partition.offset, 0)
+        return lag
+    finally:
+        consumer.close()

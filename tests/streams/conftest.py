@@ -12,11 +12,11 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import pytest
-from confluent_kafka import OFFSET_BEGINNING, Consumer, KafkaError, KafkaException, TopicPartition
+from confluent_kafka import OFFSET_BEGINNING, Consumer, KafkaError, TopicPartition
 
 from kdiag.codec import codec
 from kdiag.settings import Settings, load_settings
-from kdiag.topics import ensure_topics
+from kdiag.topics import consumer_lag, ensure_topics
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
 KDIAG = [sys.executable, "-m", "kdiag.cli"]
@@ -124,24 +124,6 @@ class Pipeline:
     def alerts(self) -> list[dict]:
         return self.read_topic(self.settings.alerts_topic, "Alert")
 
-    def lag(self) -> int:
-        """Records of the changes topic that the worker's consumer group has not committed yet."""
-        consumer = Consumer({"bootstrap.servers": self.settings.bootstrap_servers, "group.id": self.settings.app_id})
-        try:
-            topic = self.settings.changes_topic
-            partitions = [TopicPartition(topic, p) for p in range(self.settings.partitions)]
-            try:
-                committed = consumer.committed(partitions, timeout=30)
-            except KafkaException:
-                return -1  # The group coordinator is moving or loading; ask again.
-            lag = 0
-            for partition in committed:
-                _, high = consumer.get_watermark_offsets(partition, timeout=30, cached=False)
-                lag += high - max(partition.offset, 0)
-            return lag
-        finally:
-            consumer.close()
-
     def wait_for_alerts(self, timeout_seconds: float = 240.0) -> list[dict]:
         """Wait until the worker committed every changes-topic record, then return the alerts.
 
@@ -151,7 +133,7 @@ class Pipeline:
         while time.monotonic() < deadline:
             for process in self.workers:
                 assert process.poll() in (None, 0, -signal.SIGKILL, -signal.SIGTERM), self.worker_log()
-            if self.lag() == 0:
+            if consumer_lag(self.settings) == 0:
                 return self.alerts()
             time.sleep(0.5)
         raise AssertionError(f"worker still behind after {timeout_seconds} s:\n{self.worker_log()[-5000:]}")
