@@ -213,7 +213,7 @@ class DurationTracker:
         time_ms: int,
         results: Iterable[tuple[str, float, MatchLike | None]],
     ) -> list[AlertEvent]:
-        """Apply one change of an object: results holds (rule, duration_seconds, match or None)
+        """Apply one change of an object. `results` contains (rule, duration_seconds, match or None)
         for every rule that applies to the object's kind.
 
         Deadlines that passed before this change fire first, because the object matched up to it.

@@ -1,9 +1,9 @@
 """The record model shared by connectors and the worker: resource changes, ticks and topic keys.
 
 Topic key of the changes topic: "<cluster>/<namespace>" for namespaced objects and "<cluster>/" for
-cluster-scoped ones. Producers partition by murmur2 of the key, as the Java client does by default, so
-every change of one object lands on one partition in source order, and all objects of one namespace
-meet on the same partition, which reference rules rely on.
+cluster-scoped ones. Producers partition by murmur2 of the key, as the Java client does by default.
+So every change of one object lands on one partition in source order. All objects of one namespace
+meet on the same partition too, which reference rules rely on.
 """
 
 from __future__ import annotations

@@ -36,7 +36,6 @@ class Settings:
     session_timeout_seconds: float = 10.0
     heartbeat_interval_seconds: float = 2.0
     metrics_port: int = 0
-    web_port: int = 6066
     # Connectors.
     cluster: str = "replay"
     batch_max_changes: int = 100

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+import time
 
 from confluent_kafka import Consumer, KafkaError, KafkaException, TopicPartition
 from confluent_kafka.admin import AdminClient, NewTopic
@@ -17,7 +18,7 @@ def topic_specs(settings: Settings) -> list[NewTopic]:
     """Topics of one kdiag installation.
 
     The changelog is compacted and has as many partitions as the changes topic, because partition p of
-    the changelog holds the worker state for partition p of the changes topic.
+    the changelog contains the worker state for partition p of the changes topic.
     """
     replication = settings.replication_factor
     return [
@@ -56,8 +57,7 @@ def ensure_topics(settings: Settings, timeout_seconds: float = 30.0) -> list[str
                 if error.args[0].code() != KafkaError.TOPIC_ALREADY_EXISTS:
                     raise KdiagError(f"cannot create topic {name}: {error}") from None
     for spec in topic_specs(settings):
-        metadata = admin.list_topics(topic=spec.topic, timeout=timeout_seconds).topics.get(spec.topic)
-        count = len(metadata.partitions) if metadata else 0
+        count = _partition_count(admin, spec.topic, timeout_seconds)
         if spec.topic != settings.dead_letter_topic and count != settings.partitions:
             raise KdiagError(
                 f"topic {spec.topic} has {count} partitions, expected {settings.partitions}; "
@@ -66,10 +66,21 @@ def ensure_topics(settings: Settings, timeout_seconds: float = 30.0) -> list[str
     return created
 
 
+def _partition_count(admin: AdminClient, topic: str, timeout_seconds: float) -> int:
+    """Return the topic's partition count, waiting for a just-created topic to show up in metadata."""
+    deadline = time.monotonic() + timeout_seconds
+    while True:
+        metadata = admin.list_topics(topic=topic, timeout=timeout_seconds).topics.get(topic)
+        count = len(metadata.partitions) if metadata is not None and metadata.error is None else 0
+        if count or time.monotonic() >= deadline:
+            return count
+        time.sleep(0.1)
+
+
 def consumer_lag(settings: Settings, timeout_seconds: float = 30.0) -> int | None:
     """Return how many changes-topic records the worker group has not committed yet.
 
-    Returns None while the group coordinator cannot answer, e.g. right after the broker started.
+    Returns None while the group coordinator is unavailable, e.g. right after the broker started.
     """
     consumer = Consumer({"bootstrap.servers": settings.bootstrap_servers, "group.id": settings.app_id})
     try:

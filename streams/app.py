@@ -3,7 +3,7 @@
 One agent consumes the changes topic in batches (`take_events`) and hands each batch to the
 WorkerRuntime, which commits the batch's alerts and state in Kafka transactions. Faust acknowledges
 the events only after the agent's loop body returns, so the consumer group's committed offset never
-passes what the transactions committed; records that Faust delivers again after a crash are
+passes what the transactions committed. Records that Faust delivers again after a crash are
 recognised by offset and skipped.
 """
 

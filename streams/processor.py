@@ -34,7 +34,7 @@ class OffsetGapError(KdiagError):
 
 @dataclass
 class BatchResult:
-    """What one batch of records of one partition produced."""
+    """Outputs and counts of one batch of records of one partition."""
 
     alerts: list[AlertEvent] = field(default_factory=list)
     dead_letters: list[dict[str, Any]] = field(default_factory=list)

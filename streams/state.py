@@ -8,7 +8,7 @@ Layout of the keys (raw bytes):
 
 Every key except ``_checkpoint`` is also written to the changelog, inside the same Kafka transaction as
 the alerts that the change produced and the ``o`` key. The local database is written only after the
-transaction commits, so it never holds more than the changelog: on start it catches up from the
+transaction commits, so it never contains more than the changelog. On start it catches up from the
 changelog after ``_checkpoint``.
 """
 

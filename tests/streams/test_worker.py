@@ -174,7 +174,7 @@ def test_kill_during_replay_loses_and_repeats_nothing(make_pipeline, lose_local_
     assert len(actual_identities) == len(expected_identities)
 
 
-def test_bad_records_go_to_dead_letters_and_worker_goes_on(pipeline, tmp_path: Path):
+def test_bad_records_dead_lettered(pipeline, tmp_path: Path):
     settings = pipeline.settings
     producer = Producer({"bootstrap.servers": settings.bootstrap_servers})
     producer.produce(settings.changes_topic, key=b"bad/team-a", value=b"this is not an Avro record")
