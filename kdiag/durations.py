@@ -164,6 +164,7 @@ class DurationTracker:
         self._deadlines: dict[str, list[tuple[int, str]]] = {}
         self.clocks: dict[str, int] = dict(clocks or {})
         self.dirty: set[str] = set()
+        self._firing_count = 0
         for entry in entries:
             self._add(entry)
         self.dirty.clear()
@@ -181,8 +182,7 @@ class DurationTracker:
 
     def counts(self) -> tuple[int, int]:
         """Return (pending, firing) entry counts."""
-        firing = sum(1 for entry in self.entries.values() if entry.state == FIRING)
-        return len(self.entries) - firing, firing
+        return len(self.entries) - self._firing_count, self._firing_count
 
     # Transitions
 
@@ -203,6 +203,7 @@ class DurationTracker:
             if entry is None or entry.state != PENDING or entry.deadline_ms != deadline_ms:
                 continue  # A stale heap item: the entry was removed or restarted since.
             entry.state = FIRING
+            self._firing_count += 1
             self.dirty.add(key)
             events.append(AlertEvent(FIRING_STATUS, entry))
         return events
@@ -239,6 +240,7 @@ class DurationTracker:
             self._add(entry)
             if entry.deadline_ms <= time_ms:
                 entry.state = FIRING
+                self._firing_count += 1
                 events.append(AlertEvent(FIRING_STATUS, entry))
             current = self._by_object.get((ref.cluster, ref.uid))
         return events
@@ -258,6 +260,8 @@ class DurationTracker:
         self._by_object.setdefault((entry.ref.cluster, entry.ref.uid), {})[entry.rule] = entry
         if entry.state == PENDING:
             heapq.heappush(self._deadlines.setdefault(entry.ref.cluster, []), (entry.deadline_ms, key))
+        else:
+            self._firing_count += 1
         self.dirty.add(key)
 
     def _end(self, entry: Entry, time_ms: int, reason: str, resource_version: str) -> list[AlertEvent]:
@@ -271,4 +275,5 @@ class DurationTracker:
         self.dirty.add(key)
         if entry.state != FIRING:
             return []
+        self._firing_count -= 1
         return [AlertEvent(RESOLVED_STATUS, entry, time_ms, reason, resource_version)]

@@ -142,3 +142,19 @@ def test_counts_pending_and_firing():
     assert tracker.counts() == (1, 1)
     states = sorted(entry.state for entry in tracker.entries.values())
     assert states == [FIRING, PENDING]
+
+
+def test_counts_follow_transitions_and_restore():
+    tracker = DurationTracker()
+    tracker.observe(pod("a"), T0, matching(duration=0))
+    tracker.observe(pod("b"), T0, matching())
+    tracker.advance("c1", T0 + 300_000)
+    assert tracker.counts() == (0, 2)
+    tracker.observe(pod("a", version="2"), T0 + 400_000, not_matching(duration=0))
+    assert tracker.counts() == (0, 1)
+    restored = DurationTracker(
+        [Entry.from_state(entry.to_state()) for entry in tracker.entries.values()], dict(tracker.clocks)
+    )
+    assert restored.counts() == (0, 1)
+    restored.delete(pod("b", version="3"), T0 + 500_000)
+    assert restored.counts() == (0, 0)
