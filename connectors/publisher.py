@@ -12,10 +12,11 @@ Nothing it writes depends on the wall clock or on randomness, except DeadLetter.
 from __future__ import annotations
 
 import base64
+import functools
 import logging
 import time
 from dataclasses import dataclass, field
-from typing import Any, Callable, Protocol
+from typing import Any, Callable, Protocol, Sequence
 
 import orjson
 from confluent_kafka import KafkaError, KafkaException, Producer
@@ -43,6 +44,11 @@ PRODUCER_MESSAGE_MARGIN_BYTES = 16 * 1024
 PRODUCE_ATTEMPTS = 10
 METADATA_ATTEMPTS = 3
 FAILURES_LOGGED = 10
+
+
+# Called once per record whose produce call carried contexts, with those contexts and the delivery error
+# (None when Kafka acknowledged the record). It runs inside the producer's poll() or flush().
+DeliveryCallback = Callable[[Sequence[Any], "KafkaError | None"], None]
 
 
 class PublishError(KdiagError):
@@ -84,6 +90,7 @@ class PublishSummary:
 @dataclass
 class _Buffer:
     changes: list[dict[str, Any]] = field(default_factory=list)
+    contexts: list[Any] = field(default_factory=list)
     size_bytes: int = 0
 
 
@@ -173,13 +180,18 @@ class Publisher:
         producer: ProducerLike | None = None,
         delivery_timeout_seconds: float = 30.0,
         wall_clock: Callable[[], float] = time.time,
+        on_delivered: DeliveryCallback | None = None,
     ) -> None:
+        """`on_delivered`, if given, receives the contexts passed to publish_change and
+        publish_dead_letter once the record that carries them is acknowledged or has failed.
+        """
         self.settings = settings
         self.source = source
         self.summary = PublishSummary()
         self._delivery_timeout_seconds = delivery_timeout_seconds
         self._producer = producer or Producer(producer_config(settings, delivery_timeout_seconds))
         self._wall_clock = wall_clock
+        self._on_delivered = on_delivered
         self._batch_codec = codec("ChangeBatch", settings.schemas_dir)
         self._dead_letter_codec = codec("DeadLetter", settings.schemas_dir)
         # Only keys with buffered changes have a buffer. Each cluster's keys are kept in the order
@@ -191,8 +203,12 @@ class Publisher:
 
     # Changes
 
-    def publish_change(self, change: ResourceChange, origin: str) -> None:
-        """Buffer a change under its topic key. `origin` names its source in a dead letter."""
+    def publish_change(self, change: ResourceChange, origin: str, context: Any = None) -> None:
+        """Buffer a change under its topic key. `origin` names its source in a dead letter.
+
+        A `context` other than None is handed to the on_delivered callback with the record that
+        carries the change, which is a dead letter when the change is too large for one record.
+        """
         size = change_size_bytes(change)
         limit = self.settings.max_record_bytes
         if size + BATCH_OVERHEAD_BYTES > limit:
@@ -208,7 +224,7 @@ class Publisher:
                         "max_record_bytes": limit,
                     },
                 )
-                self.publish_dead_letter(origin, "object too large", change.object_json)
+                self.publish_dead_letter(origin, "object too large", change.object_json, context)
                 return
 
         key = change.key
@@ -220,6 +236,8 @@ class Publisher:
             buffer = self._buffers[key] = _Buffer()
             self._cluster_keys.setdefault(change.cluster, {})[key] = None
         buffer.changes.append(change.to_avro())
+        if context is not None:
+            buffer.contexts.append(context)
         buffer.size_bytes += size
         self.summary.changes += 1
         if len(buffer.changes) >= self.settings.batch_max_changes:
@@ -239,7 +257,7 @@ class Publisher:
         buffer = self._buffers.pop(key)
         del self._cluster_keys[cluster][key]
         value = self._batch_codec.encode({"changes": buffer.changes, "tick": None})
-        self._produce(self.settings.changes_topic, key.encode(), value)
+        self._produce(self.settings.changes_topic, key.encode(), value, contexts=buffer.contexts)
         self.summary.batches += 1
 
     # Ticks
@@ -293,8 +311,11 @@ class Publisher:
 
     # Dead letters
 
-    def publish_dead_letter(self, origin: str, reason: str, payload: bytes) -> None:
-        """Send a DeadLetter record with the payload cut to 64 KiB and the current wall-clock time."""
+    def publish_dead_letter(self, origin: str, reason: str, payload: bytes, context: Any = None) -> None:
+        """Send a DeadLetter record with the payload cut to 64 KiB and the current wall-clock time.
+
+        A `context` other than None is handed to the on_delivered callback with the record.
+        """
         value = self._dead_letter_codec.encode(
             {
                 "origin": origin,
@@ -304,16 +325,27 @@ class Publisher:
                 "time": int(self._wall_clock() * 1000),
             }
         )
-        self._produce(self.settings.dead_letter_topic, origin.encode(), value)
+        contexts = [context] if context is not None else None
+        self._produce(self.settings.dead_letter_topic, origin.encode(), value, contexts=contexts)
         self.summary.dead_letters += 1
 
     # Producer
 
-    def _produce(self, topic: str, key: bytes, value: bytes, partition: int | None = None) -> None:
+    def _produce(
+        self,
+        topic: str,
+        key: bytes,
+        value: bytes,
+        partition: int | None = None,
+        contexts: Sequence[Any] | None = None,
+    ) -> None:
         extra_arguments: dict[str, Any] = {} if partition is None else {"partition": partition}
+        on_delivery: Callable[[KafkaError | None, Any], None] = self._on_delivery
+        if contexts and self._on_delivered is not None:
+            on_delivery = functools.partial(self._on_record_delivery, list(contexts))
         for attempt in range(1, PRODUCE_ATTEMPTS + 1):
             try:
-                self._producer.produce(topic, value=value, key=key, on_delivery=self._on_delivery, **extra_arguments)
+                self._producer.produce(topic, value=value, key=key, on_delivery=on_delivery, **extra_arguments)
                 break
             except BufferError:
                 # The local queue is full: serve delivery reports so that it drains, then retry.
@@ -333,6 +365,11 @@ class Publisher:
         self.summary.records += 1
         self.summary.bytes += len(value)
         self._producer.poll(0)
+
+    def _on_record_delivery(self, contexts: list[Any], error: KafkaError | None, message: Any) -> None:
+        self._on_delivery(error, message)
+        assert self._on_delivered is not None
+        self._on_delivered(contexts, error)
 
     def _on_delivery(self, error: KafkaError | None, message: Any) -> None:
         if error is None:
