@@ -1,30 +1,45 @@
 """Field conditions (entries of filterField and checkField) and their compiled form.
 
-A condition compiles once, when its rule is built, into a closure over precomputed tuples and
-frozensets. Evaluating it reads the object without parsing paths again, and allocates only when a
-check holds and its context entry is returned.
+A condition compiles once, when its rule is built, into a closure over precomputed tuples,
+frozensets and compiled patterns. Evaluating it reads the object without parsing paths again.
+Conditions without "[*]" and without match: all, the forms of the original rule format, compile
+into loops without generators and allocate only when a check holds and its context entry is
+returned.
 """
 
 from __future__ import annotations
 
+import json
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
+from decimal import Decimal
 from typing import Any
 
+from kdiag.rules.operators import ValueTest, make_value_test
+from kdiag.rules.paths import compile_display, compile_walker, has_fan_out
 from kdiag.rules.values import ABSENT, format_path, make_path_reader, string_form
 
-ValueTest = Callable[[Any], bool]
 FilterTest = Callable[[Any], bool]
 # A compiled check returns (display path, string form of the value found) when it holds, else None.
 Check = Callable[[Any], "tuple[str, str] | None"]
+
+MATCH_ANY = "any"
+MATCH_ALL = "all"
+
+# A match: all check shows at most this many values in its context entry.
+MAX_CONTEXT_VALUES = 10
+
+__all__ = ["Check", "FieldCondition", "FilterTest", "ValueTest", "compile_check", "compile_filter", "make_value_test"]
 
 
 @dataclass(frozen=True, slots=True)
 class FieldCondition:
     """One validated entry of filterField or checkField, in the rule document's terms.
 
-    At least one of equal_value, not_equal_value and nil_value is set. sub_field is set exactly
-    when sub_identifier_name is set. sub_identifier_value None selects every map element.
+    At least one operator is set. sub_field is set exactly when sub_identifier_name is set.
+    sub_identifier_value None selects every map element. numeric_comparisons holds
+    (greaterThan|greaterOrEqual|lessThan|lessOrEqual, threshold) pairs, and length holds
+    (comparison name, bound) pairs.
     """
 
     field: tuple[str, ...]
@@ -34,6 +49,18 @@ class FieldCondition:
     sub_identifier_name: str | None = None
     sub_identifier_value: tuple[str, ...] | None = None
     sub_field: tuple[str, ...] | None = None
+    exists: bool | None = None
+    prefix: tuple[str, ...] | None = None
+    substring: tuple[str, ...] | None = None
+    regex: str | None = None
+    numeric_comparisons: tuple[tuple[str, Decimal], ...] = ()
+    length: tuple[tuple[str, int], ...] | None = None
+    match: str = MATCH_ANY
+
+    @property
+    def fans_out(self) -> bool:
+        """Whether field or subField contains "[*]"."""
+        return has_fan_out(self.field) or has_fan_out(self.sub_field)
 
     @property
     def display_path(self) -> str:
@@ -55,6 +82,14 @@ class FieldCondition:
 
 def compile_filter(condition: FieldCondition) -> FilterTest:
     """Compile a condition into a function that returns whether an object satisfies it."""
+    if condition.fans_out or condition.match == MATCH_ALL:
+        check = compile_check(condition)
+
+        def walked_filter(obj: Any) -> bool:
+            return check(obj) is not None
+
+        return walked_filter
+
     accepts = make_value_test(condition)
     if condition.sub_identifier_name is None:
         read = make_path_reader(condition.field)
@@ -79,6 +114,9 @@ def compile_filter(condition: FieldCondition) -> FilterTest:
 def compile_check(condition: FieldCondition) -> Check:
     """Compile a condition into a function that returns its context entry when the object satisfies it."""
     accepts = make_value_test(condition)
+    if condition.fans_out or condition.match == MATCH_ALL:
+        return _compile_walked_check(condition, accepts)
+
     if condition.sub_identifier_name is None:
         read = make_path_reader(condition.field)
         display = condition.display_path
@@ -116,51 +154,45 @@ def compile_check(condition: FieldCondition) -> Check:
     return element_check
 
 
-def make_value_test(condition: FieldCondition) -> ValueTest:
-    """Build the test of the operators (equalValue, notEqualValue, nilValue) on one raw value."""
-    equal = None if condition.equal_value is None else frozenset(condition.equal_value)
-    not_equal = None if condition.not_equal_value is None else frozenset(condition.not_equal_value)
-    nil = condition.nil_value
+def _compile_walked_check(condition: FieldCondition, accepts: ValueTest) -> Check:
+    """Compile a condition with "[*]" or match: all, which walks every value its path reaches.
 
-    # The three single-operator cases are the common ones and get their own closures.
-    if equal is not None and not_equal is None and nil is None:
+    match any holds when one reached value passes, and names that value's place. match all holds
+    when at least one value is reached and every one passes. Its context entry is the condition's
+    display path with [*] selectors, and the string forms of the values as a JSON list.
+    """
+    walk = compile_walker(condition.field, condition.sub_identifier_name, condition.sub_identifier_value, condition.sub_field)
+    display = compile_display(condition.field, condition.sub_identifier_name, condition.sub_field)
 
-        def equal_test(raw: Any) -> bool:
-            return (raw if type(raw) is str else string_form(raw)) in equal
+    if condition.match != MATCH_ALL:
 
-        return equal_test
+        def any_check(obj: Any) -> tuple[str, str] | None:
+            for trail, raw in walk(obj):
+                if accepts(raw):
+                    return display(trail), raw if type(raw) is str else string_form(raw)
+            return None
 
-    if not_equal is not None and equal is None and nil is None:
+        return any_check
 
-        def not_equal_test(raw: Any) -> bool:
-            return (raw if type(raw) is str else string_form(raw)) not in not_equal
+    all_display = condition.display_path
 
-        return not_equal_test
+    def all_check(obj: Any) -> tuple[str, str] | None:
+        texts: list[str] = []
+        for _, raw in walk(obj):
+            if not accepts(raw):
+                return None
+            texts.append(raw if type(raw) is str else string_form(raw))
+        if not texts:
+            return None
+        return all_display, _list_text(texts)
 
-    if nil is not None and equal is None and not_equal is None:
-        if nil:
-            return _is_nil
-        return _is_not_nil
-
-    def combined_test(raw: Any) -> bool:
-        if nil is not None and _is_nil(raw) is not nil:
-            return False
-        text = raw if type(raw) is str else string_form(raw)
-        if equal is not None and text not in equal:
-            return False
-        if not_equal is not None and text in not_equal:
-            return False
-        return True
-
-    return combined_test
+    return all_check
 
 
-def _is_nil(raw: Any) -> bool:
-    return raw is ABSENT or raw is None
-
-
-def _is_not_nil(raw: Any) -> bool:
-    return raw is not ABSENT and raw is not None
+def _list_text(texts: list[str]) -> str:
+    shown = json.dumps(texts[:MAX_CONTEXT_VALUES], ensure_ascii=False, separators=(",", ":"))
+    hidden = len(texts) - MAX_CONTEXT_VALUES
+    return shown if hidden <= 0 else f"{shown} and {hidden} more"
 
 
 def _sub_path_suffix(sub_field: tuple[str, ...]) -> str:
@@ -171,7 +203,7 @@ def _sub_path_suffix(sub_field: tuple[str, ...]) -> str:
 def _compile_element_search(
     condition: FieldCondition, accepts: ValueTest
 ) -> Callable[[Any], "tuple[int, Any, Any] | None"]:
-    """Build the list walk of a sub-identifier condition.
+    """Build the list walk of a sub-identifier condition without "[*]".
 
     The walk returns (index, identifier, value) for the first selected element whose subField value
     passes accepts. It returns (-1, ABSENT, ABSENT) when elements were selected but none passes.

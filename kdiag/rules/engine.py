@@ -2,11 +2,17 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Iterator, Mapping
+from collections.abc import Callable, Iterable, Iterator, Mapping
+from dataclasses import dataclass, field
 from typing import Any
 
 from kdiag.errors import RuleError
 from kdiag.rules.conditions import FieldCondition, compile_check, compile_filter
+from kdiag.rules.paths import Walker, compile_walker
+from kdiag.rules.references import ReferenceCondition, ReferenceDeclaration, Resolver, compile_reference_condition
+from kdiag.rules.timestamps import parse_rfc3339_ms
+
+Condition = FieldCondition | ReferenceCondition
 
 
 class Match:
@@ -35,8 +41,41 @@ class Match:
         return f"Match(rule={self.rule.name!r}, context={self.context!r})"
 
 
+@dataclass(frozen=True)
+class DurationSource:
+    """Where a rule reads the time its anomaly started (the rule key durationFrom).
+
+    The path has the form of a condition's: field with "[*]" steps, and optionally a sub-identifier
+    selection. The earliest RFC 3339 timestamp among the values it reaches is the start.
+    """
+
+    field: tuple[str, ...]
+    sub_identifier_name: str | None = None
+    sub_identifier_value: tuple[str, ...] | None = None
+    sub_field: tuple[str, ...] | None = None
+    _walk: Walker = field(init=False, repr=False, compare=False)
+
+    def __post_init__(self) -> None:
+        walk = compile_walker(self.field, self.sub_identifier_name, self.sub_identifier_value, self.sub_field)
+        object.__setattr__(self, "_walk", walk)
+
+    def read_ms(self, obj: Any) -> int | None:
+        """Return the earliest timestamp the path reaches in obj, in epoch milliseconds, or None."""
+        earliest: int | None = None
+        for _, value in self._walk(obj):
+            time_ms = parse_rfc3339_ms(value)
+            if time_ms is not None and (earliest is None or time_ms < earliest):
+                earliest = time_ms
+        return earliest
+
+
 class Rule:
-    """One rule, with its conditions compiled into closures when the rule is built."""
+    """One rule, with its conditions compiled into closures when the rule is built.
+
+    every_seconds is the period of a periodic rule (the rule key every), or None. jitter is the
+    fraction of the period over which the checks of different objects are spread (default 1.0).
+    references holds the rule's reference declarations.
+    """
 
     __slots__ = (
         "name",
@@ -45,8 +84,14 @@ class Rule:
         "source",
         "filter_fields",
         "check_fields",
+        "duration_from",
+        "every_seconds",
+        "jitter",
+        "references",
         "_filters",
         "_checks",
+        "_reference_filters",
+        "_reference_checks",
     )
 
     def __init__(
@@ -55,8 +100,12 @@ class Rule:
         kind: str,
         duration_seconds: float,
         source: str,
-        filter_fields: tuple[FieldCondition, ...],
-        check_fields: tuple[FieldCondition, ...],
+        filter_fields: tuple[Condition, ...],
+        check_fields: tuple[Condition, ...],
+        duration_from: DurationSource | None = None,
+        every_seconds: float | None = None,
+        jitter: float = 1.0,
+        references: tuple[ReferenceDeclaration, ...] = (),
     ) -> None:
         """Build a rule from validated conditions. parse_rules is the validating entry point."""
         self.name = name
@@ -65,20 +114,44 @@ class Rule:
         self.source = source
         self.filter_fields = filter_fields
         self.check_fields = check_fields
-        self._filters = tuple(compile_filter(condition) for condition in filter_fields)
-        self._checks = tuple(compile_check(condition) for condition in check_fields)
+        self.duration_from = duration_from
+        self.every_seconds = every_seconds
+        self.jitter = jitter
+        self.references = references
+        declarations = {declaration.name: declaration for declaration in references}
 
-    def evaluate(self, obj: Mapping[str, Any]) -> Match | None:
+        if any(isinstance(condition, ReferenceCondition) for condition in (*filter_fields, *check_fields)):
+            self._filters = ()
+            self._checks = ()
+            self._reference_filters = tuple(_compile_with_resolver(condition, declarations) for condition in filter_fields)
+            self._reference_checks = tuple(_compile_with_resolver(condition, declarations) for condition in check_fields)
+        else:
+            self._filters = tuple(compile_filter(condition) for condition in filter_fields)
+            self._checks = tuple(compile_check(condition) for condition in check_fields)
+            self._reference_filters = None
+            self._reference_checks = None
+
+    @property
+    def uses_references(self) -> bool:
+        """Whether a condition of the rule reads referenced objects, so that evaluate needs a resolver."""
+        return self._reference_checks is not None
+
+    def evaluate(self, obj: Mapping[str, Any], resolve: Resolver | None = None) -> Match | None:
         """Return a Match when obj has the rule's kind and every filter and check holds, else None.
 
         Never raises on JSON values: a path that meets a missing key or a non-mapping counts as
-        absent, and an obj that is not a mapping has no kind and never matches.
+        absent, and an obj that is not a mapping has no kind and never matches. A rule with
+        reference conditions matches only when resolve is given, because those conditions read the
+        referenced objects that resolve(kind, namespace, name) returns.
         """
         if type(obj) is dict or isinstance(obj, Mapping):
             if obj.get("kind") != self.kind:
                 return None
         else:
             return None
+
+        if self._reference_checks is not None:
+            return self._evaluate_with_references(obj, resolve)
 
         for accepts in self._filters:
             if not accepts(obj):
@@ -92,8 +165,46 @@ class Rule:
             context[entry[0]] = entry[1]
         return Match(self, context)
 
+    def _evaluate_with_references(self, obj: Mapping[str, Any], resolve: Resolver | None) -> Match | None:
+        if resolve is None or self._reference_filters is None or self._reference_checks is None:
+            return None
+        for check in self._reference_filters:
+            if check(obj, resolve) is None:
+                return None
+        context: dict[str, str] = {}
+        for check in self._reference_checks:
+            entry = check(obj, resolve)
+            if entry is None:
+                return None
+            context[entry[0]] = entry[1]
+        return Match(self, context)
+
+    def active_since_ms(self, obj: Mapping[str, Any]) -> int | None:
+        """Return the start of the anomaly that durationFrom names in obj, in epoch milliseconds.
+
+        Returns None when the rule has no durationFrom or the path reaches no RFC 3339 timestamp,
+        and the caller then uses the time of the first matching change. Never raises on JSON values.
+        """
+        if self.duration_from is None:
+            return None
+        return self.duration_from.read_ms(obj)
+
     def __repr__(self) -> str:
         return f"Rule(name={self.name!r}, kind={self.kind!r}, source={self.source!r})"
+
+
+def _compile_with_resolver(
+    condition: Condition, declarations: Mapping[str, ReferenceDeclaration]
+) -> Callable[[Any, Resolver], "tuple[str, str] | None"]:
+    """Compile a field or reference condition into the (object, resolver) form of rules with references."""
+    if isinstance(condition, ReferenceCondition):
+        return compile_reference_condition(condition, declarations[condition.reference])
+    check = compile_check(condition)
+
+    def field_check(obj: Any, resolve: Resolver) -> tuple[str, str] | None:
+        return check(obj)
+
+    return field_check
 
 
 class RuleSet:

@@ -25,6 +25,10 @@ ABSENT: Final = _Absent()
 
 PathReader = Callable[[Any], Any]
 
+# The path segment that fans out over the elements of a list. Kubernetes map keys (label and
+# annotation keys, ConfigMap and Secret data keys, field names) never contain brackets.
+FAN_OUT: Final = "[*]"
+
 _PLAIN_SEGMENT = re.compile(r"[A-Za-z_][A-Za-z0-9_-]*")
 
 
@@ -124,10 +128,12 @@ def _read_any(value: Any, keys: tuple[str, ...]) -> Any:
 
 
 def format_path(keys: tuple[str, ...]) -> str:
-    """Format path segments for display: status.phase, metadata.labels['app.kubernetes.io/name']."""
+    """Format path segments for display: status.phase, metadata.labels['app.kubernetes.io/name'], spec.containers[*]."""
     parts: list[str] = []
     for key in keys:
-        if _PLAIN_SEGMENT.fullmatch(key):
+        if key == FAN_OUT:
+            parts.append(FAN_OUT)
+        elif _PLAIN_SEGMENT.fullmatch(key):
             parts.append("." + key if parts else key)
         else:
             escaped = key.replace("\\", "\\\\").replace("'", "\\'")

@@ -1,0 +1,313 @@
+"""References from one object to others (a Pod to its Secrets), and conditions on the referenced objects.
+
+A rule declares its references under the rule key references. Each declaration has a name, the kind
+of the referenced objects, and one or more sources: paths in the object that hold the referenced
+object's name, with optional paths for a key inside it, its namespace and the optional flag.
+extract_references turns a declaration and an object into ReferenceKeys, and reference_state
+tells whether a referenced object (looked up by the caller) is present, missing, or present
+without the key.
+
+The worker does not resolve references yet, so Rule.evaluate(obj) never matches a rule with a
+reference condition unless the caller passes a resolver.
+"""
+
+from __future__ import annotations
+
+import enum
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, NamedTuple
+
+from kdiag.rules.conditions import Check, FieldCondition, compile_check
+from kdiag.rules.kinds import CLUSTER_SCOPED_KINDS, KEY_FIELDS
+from kdiag.rules.paths import Trail, Walker, compile_walker
+from kdiag.rules.values import FAN_OUT
+
+if TYPE_CHECKING:
+    from kdiag.rules.engine import Rule
+
+NAMESPACE_SAME = "same"
+NAMESPACE_CLUSTER = "cluster"
+
+# Namespace of an object without metadata.namespace, as kubectl assumes for partial dumps.
+DEFAULT_NAMESPACE = "default"
+
+BUILTIN_REFERENCES_FILE = Path(__file__).with_name("builtin_references.yaml")
+
+# Looks up a referenced object by (kind, namespace, name) and returns it, or None when it does not exist.
+Resolver = Callable[[str, str, str], "Mapping[str, Any] | None"]
+
+
+class ReferenceKey(NamedTuple):
+    """One referenced object, and the key inside it when the reference names one (a Secret's data key).
+
+    namespace is "" for cluster-scoped kinds.
+    """
+
+    kind: str
+    namespace: str
+    name: str
+    key: str | None = None
+
+    def describe(self) -> str:
+        where = f"{self.namespace}/{self.name}" if self.namespace else self.name
+        return f"{self.kind} {where}" + (f" key {self.key}" if self.key is not None else "")
+
+
+class ReferenceState(enum.Enum):
+    """What a lookup of a ReferenceKey found."""
+
+    PRESENT = "present"
+    MISSING = "missing"
+    # The object exists but has no such key, for example a Secret without the data key an env var reads.
+    KEY_MISSING = "key-missing"
+
+
+def reference_state(reference: ReferenceKey, target: Mapping[str, Any] | None) -> ReferenceState:
+    """Classify a referenced object: missing when target is None, key-missing when it lacks reference.key.
+
+    Keys are looked up in the maps that KEY_FIELDS lists for the kind (data and stringData of a
+    Secret, data and binaryData of a ConfigMap).
+    """
+    if target is None:
+        return ReferenceState.MISSING
+    if reference.key is None:
+        return ReferenceState.PRESENT
+    for map_name in KEY_FIELDS.get(reference.kind, ()):
+        values = target.get(map_name)
+        if isinstance(values, Mapping) and reference.key in values:
+            return ReferenceState.PRESENT
+    return ReferenceState.KEY_MISSING
+
+
+@dataclass(frozen=True)
+class ReferenceSource:
+    """One place in an object that names referenced objects.
+
+    field leads to the name. key, optional and a namespace path are read from the same list elements
+    as the name: their values pair with a name when the "[*]" steps they share with field reached
+    the same elements. namespace is "same", "cluster" or a path.
+    """
+
+    field: tuple[str, ...]
+    key: tuple[str, ...] | None = None
+    namespace: str | tuple[str, ...] = NAMESPACE_SAME
+    optional: tuple[str, ...] | None = None
+
+
+@dataclass(frozen=True)
+class ReferenceDeclaration:
+    """A named reference of a rule: the referenced kind (or kind_field, a path to it) and its sources.
+
+    resource is the kind of object the declaration reads, set for the built-in declarations.
+    """
+
+    name: str
+    kind: str | None
+    sources: tuple[ReferenceSource, ...]
+    kind_field: tuple[str, ...] | None = None
+    resource: str | None = None
+    builtin: str | None = None
+    _extractors: tuple[Callable[[Any], list[ReferenceKey]], ...] = field(default=(), init=False, repr=False, compare=False)
+
+    def __post_init__(self) -> None:
+        extractors = tuple(_compile_source(self, source) for source in self.sources)
+        object.__setattr__(self, "_extractors", extractors)
+
+    def extract(self, obj: Any) -> list[ReferenceKey]:
+        """Return the distinct references of obj, in the order of the sources and the object's lists."""
+        if not isinstance(obj, Mapping):
+            return []
+        seen: dict[ReferenceKey, None] = {}
+        for extractor in self._extractors:
+            for reference in extractor(obj):
+                seen.setdefault(reference, None)
+        return list(seen)
+
+
+@dataclass(frozen=True)
+class ReferenceCondition:
+    """A condition on referenced objects: referenceMissing, referenceKeyMissing or referenceField.
+
+    operator is "missing", "keyMissing" or "field". field_condition is set for "field" and is tested
+    on each referenced object that exists. Every form holds when at least one reference satisfies it.
+    """
+
+    operator: str
+    reference: str
+    field_condition: FieldCondition | None = None
+
+    @property
+    def display_path(self) -> str:
+        return f"references.{self.reference}"
+
+
+def extract_references(rule_or_declaration: "Rule | ReferenceDeclaration", obj: Any) -> list[ReferenceKey]:
+    """Return the objects that obj refers to through a rule's declarations or through one declaration.
+
+    For a rule, the result joins the references of all its declarations without repeats. References
+    whose optional flag is true are left out, because Kubernetes runs a pod without an optional
+    Secret, ConfigMap or key. Never raises on JSON values.
+    """
+    if isinstance(rule_or_declaration, ReferenceDeclaration):
+        return rule_or_declaration.extract(obj)
+    seen: dict[ReferenceKey, None] = {}
+    for declaration in rule_or_declaration.references:
+        for reference in declaration.extract(obj):
+            seen.setdefault(reference, None)
+    return list(seen)
+
+
+def compile_reference_condition(
+    condition: ReferenceCondition, declaration: ReferenceDeclaration
+) -> Callable[[Any, Resolver], "tuple[str, str] | None"]:
+    """Compile a reference condition into a check of (object, resolver) that returns a context entry or None."""
+    display = condition.display_path
+    if condition.operator == "missing":
+
+        def missing_check(obj: Any, resolve: Resolver) -> tuple[str, str] | None:
+            for reference in declaration.extract(obj):
+                if resolve(reference.kind, reference.namespace, reference.name) is None:
+                    return display, ReferenceKey(*reference[:3]).describe()
+            return None
+
+        return missing_check
+
+    if condition.operator == "keyMissing":
+
+        def key_missing_check(obj: Any, resolve: Resolver) -> tuple[str, str] | None:
+            for reference in declaration.extract(obj):
+                if reference.key is None:
+                    continue
+                target = resolve(reference.kind, reference.namespace, reference.name)
+                if target is not None and reference_state(reference, target) is ReferenceState.KEY_MISSING:
+                    return display, reference.describe()
+            return None
+
+        return key_missing_check
+
+    assert condition.field_condition is not None
+    check: Check = compile_check(condition.field_condition)
+
+    def field_check(obj: Any, resolve: Resolver) -> tuple[str, str] | None:
+        for reference in declaration.extract(obj):
+            target = resolve(reference.kind, reference.namespace, reference.name)
+            if target is None:
+                continue
+            entry = check(target)
+            if entry is not None:
+                target_name = ReferenceKey(*reference[:3]).describe()
+                return f"{display}[{target_name}].{entry[0]}", entry[1]
+        return None
+
+    return field_check
+
+
+def _fan_out_count(keys: tuple[str, ...] | None) -> int:
+    return 0 if keys is None else sum(1 for key in keys if key == FAN_OUT)
+
+
+def _compile_source(declaration: ReferenceDeclaration, source: ReferenceSource) -> Callable[[Any], list[ReferenceKey]]:
+    """Compile one source into a function from an object to its ReferenceKeys."""
+    name_walker = compile_walker(source.field)
+    name_fan_outs = _fan_out_count(source.field)
+
+    def paired(path: tuple[str, ...] | None) -> tuple[Walker, int] | None:
+        if path is None:
+            return None
+        return compile_walker(path), min(name_fan_outs, _fan_out_count(path))
+
+    key_path = paired(source.key)
+    optional_path = paired(source.optional)
+    namespace_path = paired(source.namespace) if isinstance(source.namespace, tuple) else None
+    kind_path = paired(declaration.kind_field)
+    static_kind = declaration.kind
+    cluster_scoped = source.namespace == NAMESPACE_CLUSTER
+
+    def extract(obj: Any) -> list[ReferenceKey]:
+        names = [(trail, value) for trail, value in name_walker(obj) if type(value) is str and value]
+        if not names:
+            return []
+        keys = _group(obj, key_path)
+        optionals = _group(obj, optional_path)
+        namespaces = _group(obj, namespace_path)
+        kinds = _group(obj, kind_path)
+        own_namespace = _own_namespace(obj)
+
+        references: list[ReferenceKey] = []
+        for trail, name in names:
+            if optionals is not None and any(value is True for value in _paired_values(optionals, optional_path, trail)):
+                continue
+            kind = static_kind
+            if kinds is not None:
+                kind = next((value for value in _paired_values(kinds, kind_path, trail) if type(value) is str and value), None)
+            if not kind:
+                continue
+            if cluster_scoped or kind in CLUSTER_SCOPED_KINDS:
+                namespace = ""
+            else:
+                namespace = own_namespace
+                if namespaces is not None:
+                    namespace = next(
+                        (value for value in _paired_values(namespaces, namespace_path, trail) if type(value) is str and value),
+                        own_namespace,
+                    )
+            key_values = [] if keys is None else [value for value in _paired_values(keys, key_path, trail) if type(value) is str and value]
+            if key_values:
+                references.extend(ReferenceKey(kind, namespace, name, key) for key in key_values)
+            else:
+                references.append(ReferenceKey(kind, namespace, name))
+        return references
+
+    return extract
+
+
+def _group(obj: Any, path: tuple[Walker, int] | None) -> dict[Trail, list[Any]] | None:
+    """Read a path's values, grouped by the part of their trail that they share with the name's trail."""
+    if path is None:
+        return None
+    walker, shared = path
+    groups: dict[Trail, list[Any]] = {}
+    for trail, value in walker(obj):
+        groups.setdefault(trail[:shared], []).append(value)
+    return groups
+
+
+def _paired_values(groups: dict[Trail, list[Any]], path: tuple[Walker, int] | None, trail: Trail) -> list[Any]:
+    assert path is not None
+    return groups.get(trail[: path[1]], [])
+
+
+def _own_namespace(obj: Mapping[str, Any]) -> str:
+    metadata = obj.get("metadata")
+    if isinstance(metadata, Mapping):
+        namespace = metadata.get("namespace")
+        if type(namespace) is str and namespace:
+            return namespace
+    return DEFAULT_NAMESPACE
+
+
+def shared_prefix_problem(field_path: tuple[str, ...], other: tuple[str, ...], other_name: str, may_fan_out_deeper: bool) -> str | None:
+    """Check that a key, optional, namespace or kindField path reads the same list elements as field.
+
+    Each "[*]" of other that field also has must follow the same keys as in field, so that its values
+    pair with the name read from the same element. Returns the problem, or None.
+    """
+    other_fan_outs = [index for index, key in enumerate(other) if key == FAN_OUT]
+    field_fan_outs = [index for index, key in enumerate(field_path) if key == FAN_OUT]
+    for number, position in enumerate(other_fan_outs):
+        if number >= len(field_fan_outs):
+            if may_fan_out_deeper:
+                return None
+            return (
+                f"{other_name} has more [*] steps than field, so one name would get several values. "
+                f"Use at most the [*] steps of field"
+            )
+        if other[: position + 1] != field_path[: position + 1]:
+            return (
+                f"the path before [*] number {number + 1} must be the same as in field "
+                f"({list(field_path[: field_fan_outs[number] + 1])}), so that {other_name} is read from the same "
+                f"list element as the name"
+            )
+    return None
