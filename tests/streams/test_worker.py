@@ -38,6 +38,20 @@ EXPECTED_CORPUS_ALERTS = {
     ("26-deployment-progress-deadline-exceeded", "DeploymentProgressDeadlineExceeded", "Deployment", "app-gui"),
     ("28-hpa-metrics-api-unavailable", "HPAMetricsUnavailable", "HorizontalPodAutoscaler", "worker"),
     ("29-hpa-missing-cpu-request", "HPAMetricsUnavailable", "HorizontalPodAutoscaler", "nginx-hpa"),
+    ("01-image-tag-not-found", "ImagePullNotFoundEvent", "Event", "registry-v1-j6noi."),
+    ("02-image-pull-unauthorized", "ImagePullUnauthorizedEvent", "Event", "policy-enforcer-5888cf98bf-xzklp."),
+    ("04-image-pull-rate-limit", "ImagePullRateLimitedEvent", "Event", "kafdrop-1-j4969."),
+    ("05-image-pull-no-space-left", "ImagePullNoSpaceLeftEvent", "Event", "unknown-pod-name."),
+    ("08-istio-sidecar-not-ready", "ReadinessProbeFailedEvent", "Event", "nginx."),
+    ("10-init-createcontainerconfigerror-secret-missing", "PodSecretNotFoundEvent", "Event",
+     "sample-mychart-6bfc89db65-j9g9z."),
+    ("11-createcontainerconfigerror-secret-key-missing", "PodSecretKeyNotFoundEvent", "Event",
+     "workload-demo-76f5f7dc46-vfldl."),
+    ("13-failedscheduling-taint-and-nodeselector", "FailedSchedulingUntoleratedTaintEvent", "Event", "node-admin."),
+    ("14-pvc-pending-no-storageclass", "PVCPendingNoStorageClass", "PersistentVolumeClaim", "hub-db-dir"),
+    ("17-service-terminating-lb-finalizer", "ServiceLoadBalancerCleanupStuck", "Service", "ingress-nginx-controller"),
+    ("28-hpa-metrics-api-unavailable", "HPAResourceMetricsAPIUnavailable", "HorizontalPodAutoscaler", "worker"),
+    ("29-hpa-missing-cpu-request", "HPATargetMissingResourceRequest", "HorizontalPodAutoscaler", "nginx-hpa"),
 }
 
 
