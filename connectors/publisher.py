@@ -262,14 +262,18 @@ class Publisher:
 
     # Ticks
 
-    def publish_tick(self, cluster: str, time_ms: int) -> None:
-        """Send the cluster's buffered changes, then a tick at `time_ms` to every partition."""
+    def publish_tick(self, cluster: str, time_ms: int, context: Any = None) -> None:
+        """Send the cluster's buffered changes, then a tick at `time_ms` to every partition.
+
+        A `context` other than None is handed to the on_delivered callback once per partition's record.
+        """
         self.flush_cluster(cluster)
         tick = Tick(cluster=cluster, time_ms=time_ms, source=self.source)
         value = self._batch_codec.encode({"changes": [], "tick": tick.to_avro()})
         key = cluster.encode()
+        contexts = [context] if context is not None else None
         for partition in range(self.partition_count()):
-            self._produce(self.settings.changes_topic, key, value, partition)
+            self._produce(self.settings.changes_topic, key, value, partition, contexts=contexts)
         self.summary.ticks += 1
 
     def partition_count(self) -> int:
