@@ -26,7 +26,7 @@ SINGLE_OBJECT_MARKER = b"\xc3\x01"
 _HEADER_BYTES = 10
 
 # Files in dependency order: a schema may name types from the files before it.
-_SCHEMA_FILES = ("resource_change", "tick", "change_batch", "alert", "dead_letter", "root_cause")
+_SCHEMA_FILES = ("resource_change", "tick", "change_batch", "alert", "dead_letter", "root_cause", "rule_record", "event", "graded_alert", "action")
 
 
 def _without_logical_types(schema: Any) -> Any:

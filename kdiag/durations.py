@@ -252,6 +252,14 @@ class DurationTracker:
             events.extend(self._end(entry, time_ms, "deleted", ref.resource_version))
         return events
 
+    def drop_rule(self, rule: str) -> list[AlertEvent]:
+        """Remove every entry of a deleted rule: pending ones go, firing ones resolve at their cluster's clock."""
+        events: list[AlertEvent] = []
+        for entry in [entry for entry in self.entries.values() if entry.rule == rule]:
+            clock = self.clocks.get(entry.ref.cluster, entry.deadline_ms)
+            events.extend(self._end(entry, clock, "rule deleted", entry.ref.resource_version))
+        return events
+
     # Internals
 
     def _add(self, entry: Entry) -> None:

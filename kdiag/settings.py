@@ -23,6 +23,7 @@ class Settings:
     changes_topic: str = "kdiag-changes"
     alerts_topic: str = "kdiag-alerts"
     dead_letter_topic: str = "kdiag-dead-letters"
+    rules_topic: str = "kdiag-rules"
     partitions: int = 6
     replication_factor: int = 1
     # Worker.

@@ -25,6 +25,7 @@ def topic_specs(settings: Settings) -> list[NewTopic]:
         NewTopic(settings.changes_topic, settings.partitions, replication),
         NewTopic(settings.alerts_topic, settings.partitions, replication),
         NewTopic(settings.dead_letter_topic, 1, replication),
+        NewTopic(settings.rules_topic, 1, replication, config={"cleanup.policy": "compact"}),
         NewTopic(
             settings.changelog_topic,
             settings.partitions,
@@ -58,7 +59,7 @@ def ensure_topics(settings: Settings, timeout_seconds: float = 30.0) -> list[str
                     raise KdiagError(f"cannot create topic {name}: {error}") from None
     for spec in topic_specs(settings):
         count = _partition_count(admin, spec.topic, timeout_seconds)
-        if spec.topic != settings.dead_letter_topic and count != settings.partitions:
+        if spec.num_partitions == settings.partitions and count != settings.partitions:
             raise KdiagError(
                 f"topic {spec.topic} has {count} partitions, expected {settings.partitions}; "
                 f"set KDIAG_PARTITIONS={count} or recreate the topic"

@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import logging
 import os
-from typing import Any
+from typing import Any, Callable
 
 import faust
 
@@ -37,7 +37,8 @@ def stop_after_fatal_error(error: Exception) -> None:
     os._exit(EXIT_FATAL)
 
 
-def create_app(settings: Settings, rule_set: RuleSet) -> tuple[faust.App, WorkerRuntime]:
+def create_app(settings: Settings, rules: Callable[[], RuleSet]) -> tuple[faust.App, WorkerRuntime]:
+    """Build the Faust app. `rules` returns the rule set in force; it is called once per batch."""
     app = faust.App(
         settings.app_id,
         broker=[f"kafka://{server}" for server in settings.bootstrap_servers.split(",")],
@@ -52,7 +53,7 @@ def create_app(settings: Settings, rule_set: RuleSet) -> tuple[faust.App, Worker
         broker_heartbeat_interval=settings.heartbeat_interval_seconds,
         stream_wait_empty=False,
     )
-    runtime = WorkerRuntime(settings, rule_set)
+    runtime = WorkerRuntime(settings, rules)
     changes = app.topic(settings.changes_topic, key_type=bytes, value_type=bytes, internal=False)
 
     @app.agent(changes, name="evaluate-rules")

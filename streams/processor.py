@@ -68,6 +68,23 @@ class PartitionProcessor:
         self._clocks_changed: set[str] = set()
         self._offset_changed = False
         self._started = False
+        self._rules_checked = False
+
+    def update_rules(self, rule_set: RuleSet, result: BatchResult) -> None:
+        """Evaluate with `rule_set` from now on. Entries of rules it no longer has are dropped and their
+        firing alerts resolve with reason "rule deleted"."""
+        if rule_set is self.rule_set and self._rules_checked:
+            return
+        # Entries rather than the previous rule set decide, so that rules deleted while no worker
+        # owned this partition are dropped too.
+        deleted = {entry.rule for entry in self.tracker.entries.values()} - set(rule_set.names)
+        self.rule_set = rule_set
+        self._rules_checked = True
+        for rule in sorted(deleted):
+            result.alerts.extend(self.tracker.drop_rule(rule))
+
+    def has_state_writes(self) -> bool:
+        return bool(self.tracker.dirty or self._clocks_changed or self._offset_changed)
 
     def process(self, offset: int, value: bytes | None, result: BatchResult) -> None:
         """Apply one record. Records before next_offset were committed already and are skipped."""

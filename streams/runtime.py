@@ -10,7 +10,7 @@ from __future__ import annotations
 import logging
 import time
 from dataclasses import dataclass
-from typing import Iterable, Sequence
+from typing import Callable, Iterable, Sequence
 
 from confluent_kafka import KafkaException
 
@@ -67,16 +67,17 @@ class PartitionRuntime:
             self.settings.changes_topic, self.partition, self.rule_set, entries, clocks, next_offset
         )
 
-    def process(self, records: Sequence[InputRecord]) -> BatchResult:
-        """Process records of this partition and commit their outputs in one transaction.
+    def process(self, records: Sequence[InputRecord], rule_set: RuleSet) -> BatchResult:
+        """Process records of this partition with `rule_set` and commit their outputs in one transaction.
 
         An aborted transaction is retried from the committed state, up to MAX_TRANSACTION_ATTEMPTS.
         """
         for attempt in range(1, MAX_TRANSACTION_ATTEMPTS + 1):
             result = BatchResult()
+            self.processor.update_rules(rule_set, result)
             for record in records:
                 self.processor.process(record.offset, record.value, result)
-            if result.records == 0:
+            if not self.processor.has_state_writes() and not result.alerts:
                 return result
             writes = self.processor.take_state_writes()
             try:
@@ -97,6 +98,7 @@ class PartitionRuntime:
                 continue
             metrics.TRANSACTIONS.labels("committed").inc()
             self.store.apply(writes, changelog_offset)
+            self.rule_set = rule_set
             return result
         raise KdiagError(
             f"{MAX_TRANSACTION_ATTEMPTS} transactions in a row aborted for "
@@ -109,9 +111,11 @@ class PartitionRuntime:
 
 
 class WorkerRuntime:
-    def __init__(self, settings: Settings, rule_set: RuleSet) -> None:
+    """The partitions this worker owns. `rules` returns the rule set in force, read before each batch."""
+
+    def __init__(self, settings: Settings, rules: Callable[[], RuleSet]) -> None:
         self.settings = settings
-        self.rule_set = rule_set
+        self.rules = rules
         self.assigned: set[int] = set()
         self.partitions: dict[int, PartitionRuntime] = {}
 
@@ -135,6 +139,7 @@ class WorkerRuntime:
     def process(self, records: Sequence[InputRecord]) -> None:
         """Process one batch of events, in order within each partition."""
         started = time.perf_counter()
+        rule_set = self.rules()
         by_partition: dict[int, list[InputRecord]] = {}
         for record in records:
             by_partition.setdefault(record.partition, []).append(record)
@@ -145,9 +150,9 @@ class WorkerRuntime:
                 continue
             runtime = self.partitions.get(partition)
             if runtime is None:
-                runtime = self.partitions[partition] = PartitionRuntime(self.settings, partition, self.rule_set)
+                runtime = self.partitions[partition] = PartitionRuntime(self.settings, partition, rule_set)
             try:
-                result = runtime.process(partition_records)
+                result = runtime.process(partition_records, rule_set)
             except KafkaException as error:
                 log.error(
                     "partition stopped after a fatal transaction error",

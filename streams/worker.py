@@ -5,11 +5,13 @@ from __future__ import annotations
 import argparse
 import logging
 from pathlib import Path
+from typing import Callable
 
 import faust
 from prometheus_client import start_http_server
 
-from kdiag.rules import load_rules
+from kdiag.rule_store import RuleFeed, publish_rules, read_rule_documents
+from kdiag.rules import RuleSet, load_rules
 from kdiag.settings import Settings
 from kdiag.topics import ensure_topics
 from streams.app import create_app
@@ -18,7 +20,14 @@ log = logging.getLogger(__name__)
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--rules", type=Path, action="append", help="rule file or folder (repeatable; default: rules/)")
+    parser.add_argument(
+        "--rules",
+        type=Path,
+        action="append",
+        help="evaluate the rules in this file or folder and ignore the rules topic (repeatable); "
+        "by default the worker follows the rules topic, which it fills from rules/ when the topic has never "
+        "held a record",
+    )
     parser.add_argument("--app-id", help="consumer group and state name (default KDIAG_APP_ID or kdiag-worker)")
     parser.add_argument("--state-dir", type=Path, help="folder of the RocksDB state (default var/state)")
     parser.add_argument("--metrics-port", type=int, help="serve Prometheus metrics on 127.0.0.1:PORT (0: off)")
@@ -36,9 +45,20 @@ def run(args: argparse.Namespace, settings: Settings) -> int:
             if value is not None
         }
     )
-    rule_paths = args.rules or [settings.rules_dir]
-    rule_set = load_rules(rule_paths)
     ensure_topics(settings)
+    feed: RuleFeed | None = None
+    if args.rules:
+        static_rules = load_rules(args.rules)
+        rules: Callable[[], RuleSet] = lambda: static_rules
+    else:
+        feed = RuleFeed(settings)
+        feed.start()
+        if feed.records_read == 0:
+            documents = read_rule_documents([settings.rules_dir])
+            names = publish_rules(settings, documents)
+            log.info("rules topic filled from files", extra={"topic": settings.rules_topic, "rules": len(names), "path": str(settings.rules_dir)})
+            feed.wait_for(names)
+        rules = lambda: feed.rule_set
     if settings.metrics_port:
         start_http_server(settings.metrics_port, addr="127.0.0.1")
     log.info(
@@ -46,12 +66,12 @@ def run(args: argparse.Namespace, settings: Settings) -> int:
         extra={
             "app_id": settings.app_id,
             "topic": settings.changes_topic,
-            "rules": len(rule_set),
+            "rules": len(rules()),
             "bootstrap_servers": settings.bootstrap_servers,
             "metrics_port": settings.metrics_port,
         },
     )
-    app, runtime = create_app(settings, rule_set)
+    app, runtime = create_app(settings, rules)
     code = 0
     worker = faust.Worker(app, quiet=True, redirect_stdouts=False, override_logging=False, loglevel="WARNING")
     try:
@@ -60,5 +80,7 @@ def run(args: argparse.Namespace, settings: Settings) -> int:
         code = exit_.code if isinstance(exit_.code, int) else 0
     finally:
         runtime.close()
+        if feed is not None:
+            feed.stop()
         log.info("worker stopped", extra={"app_id": settings.app_id})
     return code

@@ -171,3 +171,43 @@ def test_same_records_give_same_alerts():
         runs.append([event.to_avro() for event in result.alerts])
     assert runs[0] == runs[1]
     assert len(runs[0]) == 2
+
+
+def test_deleted_rule_resolves_firing_alerts():
+    processor = new_processor()
+    result = BatchResult()
+    processor.process(0, change_record(pod("CrashLoopBackOff"), T0), result)
+    processor.process(1, tick_record(T0 + 120_000), result)
+    assert statuses(result) == ["FIRING"]
+
+    after_delete = BatchResult()
+    processor.update_rules(RuleSet(()), after_delete)
+    assert statuses(after_delete) == ["RESOLVED"]
+    record = after_delete.alerts[0].to_avro()
+    assert record["resolveReason"] == "rule deleted"
+    assert record["resolvedAt"] == T0 + 120_000
+    assert processor.tracker.entries == {}
+
+
+def test_entries_of_unknown_rules_dropped_on_start():
+    first = new_processor()
+    result = BatchResult()
+    first.process(0, change_record(pod("CrashLoopBackOff"), T0), result)
+    entries = list(first.tracker.entries.values())
+    restarted = PartitionProcessor("changes", 0, RuleSet(()), entries, dict(first.tracker.clocks), 1)
+    on_start = BatchResult()
+    restarted.update_rules(restarted.rule_set, on_start)
+    assert on_start.alerts == []
+    assert restarted.tracker.entries == {}
+    assert restarted.has_state_writes()
+
+
+def test_changed_rule_keeps_pending_entry():
+    processor = new_processor()
+    result = BatchResult()
+    processor.process(0, change_record(pod("CrashLoopBackOff"), T0), result)
+    renamed_copy = RuleSet(list(RULES))
+    processor.update_rules(renamed_copy, result)
+    assert len(processor.tracker.entries) == 1
+    processor.process(1, tick_record(T0 + 60_000), result)
+    assert statuses(result) == ["FIRING"]
