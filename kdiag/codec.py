@@ -16,7 +16,7 @@ from pathlib import Path
 from typing import Any
 
 import fastavro
-from fastavro.schema import fingerprint, to_parsing_canonical_form
+from fastavro.schema import UnknownType, fingerprint, to_parsing_canonical_form
 
 from kdiag.errors import DecodeError
 from kdiag.settings import PROJECT_ROOT
@@ -25,8 +25,6 @@ SCHEMAS_DIR = PROJECT_ROOT / "schemas"
 SINGLE_OBJECT_MARKER = b"\xc3\x01"
 _HEADER_BYTES = 10
 
-# Files in dependency order: a schema may name types from the files before it.
-_SCHEMA_FILES = ("resource_change", "tick", "change_batch", "alert", "dead_letter", "root_cause", "rule_record", "event", "graded_alert", "action")
 
 
 def _without_logical_types(schema: Any) -> Any:
@@ -86,10 +84,24 @@ def _preview(data: bytes | None) -> str:
 
 @lru_cache(maxsize=None)
 def _named_schemas(schemas_dir: Path) -> dict[str, Any]:
+    """Parse every .avsc file of the folder. A schema may name types from other files, so files whose
+    references are not parsed yet wait for a later pass."""
     named: dict[str, Any] = {}
-    for stem in _SCHEMA_FILES:
-        raw = json.loads((schemas_dir / f"{stem}.avsc").read_text())
-        fastavro.parse_schema(copy.deepcopy(_without_logical_types(raw)), named_schemas=named)
+    waiting = {path: json.loads(path.read_text()) for path in sorted(schemas_dir.glob("*.avsc"))}
+    while waiting:
+        progress = False
+        for path, raw in list(waiting.items()):
+            attempt = dict(named)
+            try:
+                fastavro.parse_schema(copy.deepcopy(_without_logical_types(raw)), named_schemas=attempt)
+            except UnknownType:
+                continue
+            named = attempt
+            del waiting[path]
+            progress = True
+        if not progress:
+            names = ", ".join(path.name for path in waiting)
+            raise DecodeError(f"schemas {names} in {schemas_dir} name types that no schema defines")
     return named
 
 
