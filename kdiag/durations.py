@@ -212,16 +212,17 @@ class DurationTracker:
         self,
         ref: ObjectRef,
         time_ms: int,
-        results: Iterable[tuple[str, float, MatchLike | None]],
+        results: Iterable[tuple[str, float, MatchLike | None, int | None]],
     ) -> list[AlertEvent]:
-        """Apply one change of an object. `results` contains (rule, duration_seconds, match or None)
-        for every rule that applies to the object's kind.
+        """Apply one change of an object. `results` contains (rule, duration_seconds, match or None,
+        start) for every rule that applies to the object's kind. `start` is the time the object
+        itself gives for the anomaly's start (a rule's durationFrom), or None to start at this change.
 
         Deadlines that passed before this change fire first, because the object matched up to it.
         """
         events = self.advance(ref.cluster, time_ms)
         current = self._by_object.get((ref.cluster, ref.uid))
-        for rule, duration_seconds, match in results:
+        for rule, duration_seconds, match, start_ms in results:
             entry = current.get(rule) if current else None
             if match is None:
                 if entry is not None:
@@ -229,12 +230,14 @@ class DurationTracker:
                 continue
             if entry is not None:
                 continue  # Still matching: state changes only on transitions.
+            # A start later than the change (clock skew between the object and the source) is ignored.
+            active_since_ms = time_ms if start_ms is None else min(start_ms, time_ms)
             entry = Entry(
                 rule=rule,
                 ref=ref,
                 state=PENDING,
-                active_since_ms=time_ms,
-                deadline_ms=time_ms + int(round(duration_seconds * 1000)),
+                active_since_ms=active_since_ms,
+                deadline_ms=active_since_ms + int(round(duration_seconds * 1000)),
                 context=dict(match.context),
             )
             self._add(entry)

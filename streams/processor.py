@@ -151,7 +151,11 @@ class PartitionProcessor:
             self._dead_letter(result, offset, reason, change["object"])
             result.alerts.extend(self.tracker.advance(cluster, time_ms))
             return
-        results = [(rule.name, rule.duration_seconds, rule.evaluate(obj)) for rule in rules]
+        results = []
+        for rule in rules:
+            match = rule.evaluate(obj)
+            start_ms = rule.active_since_ms(obj) if match is not None and rule.duration_from is not None else None
+            results.append((rule.name, rule.duration_seconds, match, start_ms))
         result.alerts.extend(self.tracker.observe(ref, time_ms, results))
 
     def _dead_letter(self, result: BatchResult, offset: int, reason: str, payload: bytes) -> None:

@@ -17,12 +17,12 @@ def pod(uid: str = "uid-1", version: str = "1") -> ObjectRef:
     return ObjectRef("c1", "v1", "Pod", "team-a", "web-0", uid, version)
 
 
-def matching(duration: float = 300):
-    return [(RULE, duration, FakeMatch())]
+def matching(duration: float = 300, start_ms: int | None = None):
+    return [(RULE, duration, FakeMatch(), start_ms)]
 
 
 def not_matching(duration: float = 300):
-    return [(RULE, duration, None)]
+    return [(RULE, duration, None, None)]
 
 
 def test_pending_fires_at_deadline_not_before():
@@ -158,3 +158,26 @@ def test_counts_follow_transitions_and_restore():
     assert restored.counts() == (0, 1)
     restored.delete(pod("b", version="3"), T0 + 500_000)
     assert restored.counts() == (0, 0)
+
+
+def test_start_from_object_time_moves_deadline():
+    tracker = DurationTracker()
+    events = tracker.observe(pod(), T0, matching(start_ms=T0 - 200_000))
+    assert events == []
+    assert tracker.advance("c1", T0 + 99_999) == []
+    fired = tracker.advance("c1", T0 + 100_000)
+    assert [event.to_avro()["activeSince"] for event in fired] == [T0 - 200_000]
+
+
+def test_start_long_ago_fires_at_once():
+    tracker = DurationTracker()
+    events = tracker.observe(pod(), T0, matching(start_ms=T0 - 3_600_000))
+    assert [event.status for event in events] == ["FIRING"]
+    assert events[0].to_avro()["firedAt"] == T0 - 3_300_000
+
+
+def test_start_after_change_time_is_ignored():
+    tracker = DurationTracker()
+    tracker.observe(pod(), T0, matching(start_ms=T0 + 50_000))
+    entry = next(iter(tracker.entries.values()))
+    assert entry.active_since_ms == T0

@@ -211,3 +211,58 @@ def test_changed_rule_keeps_pending_entry():
     assert len(processor.tracker.entries) == 1
     processor.process(1, tick_record(T0 + 60_000), result)
     assert statuses(result) == ["FIRING"]
+
+
+NODE_RULES = RuleSet(
+    parse_rules(
+        {
+            "NodeNotReadyLong": {
+                "duration": 300,
+                "resource": "Node",
+                "durationFrom": {
+                    "field": ["status", "conditions"],
+                    "subIdentifierName": "type",
+                    "subIdentifierValue": ["Ready"],
+                    "subField": ["lastTransitionTime"],
+                },
+                "checkField": [
+                    {
+                        "field": ["status", "conditions"],
+                        "subIdentifierName": "type",
+                        "subIdentifierValue": ["Ready"],
+                        "subField": ["status"],
+                        "equalValue": ["False"],
+                    }
+                ],
+            }
+        },
+        source="test",
+    )
+)
+
+
+def node_record(time_ms: int, since: str) -> bytes:
+    node = {
+        "apiVersion": "v1",
+        "kind": "Node",
+        "metadata": {"name": "n1", "uid": "node-1"},
+        "status": {"conditions": [{"type": "Ready", "status": "False", "lastTransitionTime": since}]},
+    }
+    change = {
+        "cluster": "c1", "apiVersion": "v1", "kind": "Node", "namespace": "", "name": "n1", "uid": "node-1",
+        "resourceVersion": "7", "changeType": "ADDED", "observedTime": time_ms, "object": orjson.dumps(node),
+    }
+    return CHANGE_BATCH.encode({"changes": [change], "tick": None})
+
+
+def test_duration_starts_at_object_timestamp():
+    # A watcher that joins late sees the node NotReady since 2020-09-13T12:25:00Z, 100 s before
+    # its first change, so the rule fires 200 s after that change, not 300 s.
+    processor = PartitionProcessor("changes", 0, NODE_RULES, [], {}, 0)
+    result = BatchResult()
+    processor.process(0, node_record(T0, "2020-09-13T12:25:00Z"), result)
+    processor.process(1, tick_record(T0 + 199_000), result)
+    assert statuses(result) == []
+    processor.process(2, tick_record(T0 + 200_000), result)
+    assert statuses(result) == ["FIRING"]
+    assert result.alerts[0].to_avro()["activeSince"] == T0 - 100_000
