@@ -12,7 +12,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from kdiag.errors import KdiagError, RuleError
-from kdiag.rules import Match, Rule, load_rules, parse_rules
+from kdiag.rules import Match, ReferenceKey, Rule, extract_references, load_rules, parse_rules
 
 REPO_ROOT = Path(__file__).resolve().parents[3]
 
@@ -35,6 +35,53 @@ OPERATOR_RULES: dict[str, Any] = {
     "AnyElementNil": {
         "resource": "Pod",
         "checkField": [{"field": ["status", "initContainerStatuses"], "subIdentifierName": "name", "subField": ["ready"], "nilValue": True}],
+    },
+    "Exists": {"resource": "Pod", "checkField": [{"field": ["status", "phase"], "exists": True}, {"field": ["metadata", "labels"], "exists": False}]},
+    "Text": {
+        "resource": "Pod",
+        "checkField": [
+            {"field": ["status", "reason"], "prefix": ["Ev", "E"]},
+            {"field": ["status", "message"], "substring": ["a", "b"], "regex": "(a|b)+"},
+        ],
+    },
+    "Numeric": {
+        "resource": "Pod",
+        "checkField": [
+            {"field": ["status", "phase"], "greaterThan": "100m", "lessOrEqual": "1Gi"},
+            {"field": ["status", "reason"], "greaterOrEqual": -5, "lessThan": 1e3},
+        ],
+    },
+    "Length": {"resource": "Pod", "checkField": [{"field": ["status", "conditions"], "length": {"greaterThan": 0, "notEqual": 3}}]},
+    "FanOutAny": {
+        "resource": "Pod",
+        "filterField": [{"field": ["status", "conditions", "[*]", "type"], "nilValue": False}],
+        "checkField": [{"field": ["status", "containerStatuses", "[*]", "state", "waiting", "reason"], "regex": "Back", "exists": True}],
+    },
+    "FanOutAll": {
+        "resource": "Pod",
+        "checkField": [
+            {"field": ["status", "containerStatuses", "[*]", "ready"], "equalValue": ["true"], "match": "all"},
+            {"field": ["status", "conditions", "[*]", "[*]"], "length": {"lessThan": 10}, "match": "all"},
+        ],
+    },
+    "SelectFanOut": {
+        "resource": "Pod",
+        "checkField": [
+            {"field": ["status", "containerStatuses"], "subIdentifierName": "name", "subField": ["state", "[*]"], "substring": ["x"]},
+            {"field": ["status", "conditions"], "subIdentifierName": "type", "subIdentifierValue": ["Ready"], "subField": ["status"], "equalValue": ["True"], "match": "all"},
+        ],
+    },
+    "WithReferences": {
+        "resource": "Pod",
+        "durationFrom": ["status", "conditions", "[*]", "lastTransitionTime"],
+        "every": 60,
+        "references": [{"name": "secrets", "builtin": "PodSecrets"}, {"name": "node", "builtin": "PodNode"}],
+        "checkField": [
+            {"field": ["status", "phase"], "nilValue": False},
+            {"referenceMissing": "secrets"},
+            {"referenceKeyMissing": "secrets"},
+            {"referenceField": {"name": "node", "field": ["status", "conditions", "[*]", "status"], "equalValue": ["False"]}},
+        ],
     },
 }
 
@@ -93,20 +140,47 @@ PARTIAL_OBJECTS = st.fixed_dictionaries(
         "reason": SMALL_VALUES,
         "message": SMALL_VALUES,
         "involvedObject": SMALL_VALUES,
+        "spec": st.fixed_dictionaries(
+            {},
+            optional={
+                "nodeName": SMALL_VALUES,
+                "containers": st.lists(
+                    st.fixed_dictionaries({}, optional={"env": st.lists(st.fixed_dictionaries({}, optional={"valueFrom": SMALL_VALUES}), max_size=3) | SMALL_VALUES}),
+                    max_size=3,
+                )
+                | SMALL_VALUES,
+                "volumes": st.lists(ELEMENTS, max_size=3) | SMALL_VALUES,
+            },
+        )
+        | SMALL_VALUES,
     },
 )
 
 
+def resolve_to_self(kind: str, namespace: str, name: str) -> Any:
+    """A resolver whose every referenced object is the object under test, so reference conditions read JSON too."""
+    return CURRENT_OBJECT[0] if isinstance(CURRENT_OBJECT[0], dict) else None
+
+
+CURRENT_OBJECT: list[Any] = [None]
+
+
 def assert_evaluates_cleanly(obj: Any) -> None:
+    CURRENT_OBJECT[0] = obj
     for rule in RULES:
-        result = rule.evaluate(obj)
-        if result is None:
-            continue
-        assert isinstance(result, Match)
-        assert result.rule is rule
-        for path, value in result.context.items():
-            assert isinstance(path, str)
-            assert isinstance(value, str)
+        for result in (rule.evaluate(obj), rule.evaluate(obj, resolve_to_self)):
+            if result is None:
+                continue
+            assert isinstance(result, Match)
+            assert result.rule is rule
+            for path, value in result.context.items():
+                assert isinstance(path, str)
+                assert isinstance(value, str)
+        since = rule.active_since_ms(obj)
+        assert since is None or isinstance(since, int)
+        for declaration in rule.references:
+            for reference in extract_references(declaration, obj):
+                assert isinstance(reference, ReferenceKey)
 
 
 @given(JSON_VALUES)
@@ -135,6 +209,23 @@ def test_evaluate_huge_list() -> None:
     assert match.context == {"status.containerStatuses[name=last].state.waiting.reason": "CrashLoopBackOff"}
 
 
+def test_evaluate_huge_list_fan_out() -> None:
+    containers = [{"name": str(index), "ready": True, "restartCount": index, "state": {"running": {}}} for index in range(100_000)]
+    obj = {"kind": "Pod", "status": {"phase": "Running", "containerStatuses": containers, "conditions": [["True"]] * 1000}}
+    assert_evaluates_cleanly(obj)
+    (all_ready,) = [rule for rule in RULES if rule.name == "FanOutAll"]
+    match = all_ready.evaluate(obj)
+    assert match is not None
+    assert match.context["status.containerStatuses[*].ready"].endswith(" and 99990 more")
+
+
+def test_evaluate_huge_reference_lists() -> None:
+    volumes = [{"name": f"v{index}", "secret": {"secretName": f"s{index}", "items": [{"key": "a"}, {"key": "b"}]}} for index in range(20_000)]
+    pod = {"kind": "Pod", "metadata": {"namespace": "x"}, "spec": {"volumes": volumes}}
+    (declaration,) = [rule for rule in RULES if rule.name == "WithReferences"][0].references[:1]
+    assert len(extract_references(declaration, pod)) == 40_000
+
+
 def test_evaluate_deeply_nested_value() -> None:
     nested: Any = "leaf"
     for _ in range(5000):
@@ -147,20 +238,43 @@ def test_evaluate_deeply_nested_value() -> None:
 
 NAMES = st.text(st.characters(categories=["Lu", "Ll", "Nd"]), min_size=1, max_size=12)
 STRING_LISTS = st.lists(st.text(max_size=8), min_size=1, max_size=3)
-PATHS = st.lists(st.text(min_size=1, max_size=8), min_size=1, max_size=4)
+# Map keys never contain brackets; "[*]" is the fan-out segment and may follow the first key.
+KEYS = st.text(min_size=1, max_size=8).filter(lambda key: "[" not in key and "]" not in key)
+PATHS = st.builds(lambda first, rest: [first, *rest], KEYS, st.lists(KEYS | st.just("[*]"), max_size=3))
+PLAIN_PATHS = st.lists(KEYS, min_size=1, max_size=4)
+NEW_OPERATORS = {
+    "exists": st.booleans(),
+    "prefix": st.lists(st.text(min_size=1, max_size=5), min_size=1, max_size=2),
+    "substring": st.lists(st.text(min_size=1, max_size=5), min_size=1, max_size=2),
+    "regex": st.sampled_from(["a", "^x$", "(?i)back-?off", "[0-9]+Mi"]),
+    "greaterThan": st.integers(-100, 100) | st.sampled_from(["500Mi", "100m", "1e3", "1.5"]),
+    "greaterOrEqual": st.integers(-100, 100),
+    "lessThan": st.floats(-1e6, 1e6),
+    "lessOrEqual": st.sampled_from(["2Gi", "0"]),
+    "length": st.dictionaries(st.sampled_from(["equal", "notEqual", "greaterThan", "greaterOrEqual", "lessThan", "lessOrEqual"]), st.integers(0, 5), min_size=1),
+}
 
 
 @st.composite
 def valid_conditions(draw: st.DrawFn) -> dict[str, Any]:
     condition: dict[str, Any] = {"field": draw(PATHS)}
-    operators = draw(st.sets(st.sampled_from(["equalValue", "notEqualValue", "nilValue"]), min_size=1))
+    operators = draw(st.sets(st.sampled_from(["equalValue", "notEqualValue", "nilValue", *NEW_OPERATORS]), min_size=1, max_size=3))
     for operator in operators:
-        condition[operator] = draw(st.booleans()) if operator == "nilValue" else draw(STRING_LISTS)
+        if operator == "nilValue":
+            condition[operator] = draw(st.booleans())
+        elif operator in NEW_OPERATORS:
+            condition[operator] = draw(NEW_OPERATORS[operator])
+        else:
+            condition[operator] = draw(STRING_LISTS)
     if draw(st.booleans()):
-        condition["subIdentifierName"] = draw(st.text(min_size=1, max_size=8))
+        condition["field"] = draw(PLAIN_PATHS)
+        condition["subIdentifierName"] = draw(KEYS.filter(lambda key: key != "[*]"))
         condition["subField"] = draw(PATHS)
         if draw(st.booleans()):
             condition["subIdentifierValue"] = draw(STRING_LISTS)
+    if "[*]" in condition["field"] or "subIdentifierName" in condition or "[*]" in condition.get("subField", []):
+        if draw(st.booleans()):
+            condition["match"] = draw(st.sampled_from(["any", "all"]))
     return condition
 
 
@@ -174,6 +288,12 @@ def valid_bodies(draw: st.DrawFn) -> dict[str, Any]:
         body["duration"] = draw(st.integers(0, 10**6) | st.floats(0, 1e6))
     if draw(st.booleans()):
         body["filterField"] = draw(st.lists(valid_conditions(), max_size=2))
+    if draw(st.booleans()):
+        body["durationFrom"] = draw(PATHS)
+    if draw(st.booleans()):
+        body["every"] = draw(st.integers(1, 10**6) | st.floats(0.001, 1e6))
+        if draw(st.booleans()):
+            body["jitter"] = draw(st.floats(0, 1))
     return body
 
 
@@ -204,6 +324,12 @@ def break_condition(draw: st.DrawFn, condition: dict[str, Any]) -> None:
                 "sub value alone",
                 "sub name alone",
                 "sub name not string",
+                "regex invalid",
+                "threshold invalid",
+                "length invalid",
+                "match invalid",
+                "path bracket",
+                "leading fan-out",
             ]
         )
     )
@@ -244,13 +370,52 @@ def break_condition(draw: st.DrawFn, condition: dict[str, Any]) -> None:
     elif mutation == "sub name alone":
         condition.pop("subField", None)
         condition["subIdentifierName"] = draw(st.text(min_size=1, max_size=8))
-    else:
+    elif mutation == "sub name not string":
         condition["subIdentifierName"] = draw(NOT_A_STRING | st.just(""))
         condition.setdefault("subField", ["ready"])
+    elif mutation == "regex invalid":
+        condition["regex"] = draw(st.sampled_from(["(", "[a-", "*x", "a{2,1}", ""]) | NOT_A_STRING)
+    elif mutation == "threshold invalid":
+        condition[draw(st.sampled_from(["greaterThan", "greaterOrEqual", "lessThan", "lessOrEqual"]))] = draw(
+            st.sampled_from(["lots", "1GB", "1 Gi", "", "Mi", float("nan"), True]) | st.none() | st.lists(st.integers(), max_size=2)
+        )
+    elif mutation == "length invalid":
+        condition["length"] = draw(
+            st.just({}) | st.integers() | st.dictionaries(st.sampled_from(["equal", "greaterThan"]), st.integers(max_value=-1) | st.booleans() | st.floats(0.5, 0.9), min_size=1)
+            | st.dictionaries(st.text(min_size=1, max_size=6).filter(lambda key: key not in ("equal", "notEqual", "greaterThan", "greaterOrEqual", "lessThan", "lessOrEqual")), st.integers(0, 3), min_size=1)
+        )
+    elif mutation == "match invalid":
+        condition["match"] = draw(st.text(max_size=5).filter(lambda text: text not in ("any", "all")) | NOT_A_STRING)
+    elif mutation == "path bracket":
+        key = draw(st.sampled_from(["field", "subField"])) if "subIdentifierName" in condition else "field"
+        condition[key] = list(condition[key]) + [draw(st.sampled_from(["[0]", "a[*]", "]", "[", "[-1]", "items[*]"]))]
+    else:
+        condition["field"] = ["[*]", *condition["field"]]
 
 
-CONDITION_KEYS = {"field", "equalValue", "notEqualValue", "nilValue", "subIdentifierName", "subIdentifierValue", "subField"}
-RULE_KEYS = {"duration", "resource", "filterField", "checkField"}
+CONDITION_KEYS = {
+    "field",
+    "equalValue",
+    "notEqualValue",
+    "nilValue",
+    "subIdentifierName",
+    "subIdentifierValue",
+    "subField",
+    "exists",
+    "prefix",
+    "substring",
+    "regex",
+    "greaterThan",
+    "greaterOrEqual",
+    "lessThan",
+    "lessOrEqual",
+    "length",
+    "match",
+    "referenceMissing",
+    "referenceKeyMissing",
+    "referenceField",
+}
+RULE_KEYS = {"duration", "resource", "filterField", "checkField", "durationFrom", "every", "jitter", "references"}
 
 
 @st.composite
@@ -272,6 +437,11 @@ def invalid_documents(draw: st.DrawFn) -> Any:
                 "conditions not list",
                 "condition not mapping",
                 "condition",
+                "every",
+                "jitter",
+                "durationFrom",
+                "reference",
+                "reference condition",
             ]
         )
     )
@@ -296,11 +466,54 @@ def invalid_documents(draw: st.DrawFn) -> Any:
     elif mutation == "condition not mapping":
         conditions = body.setdefault(draw(st.sampled_from(["checkField", "filterField"])), [])
         conditions.insert(draw(st.integers(0, len(conditions))), draw(NOT_A_STRING | st.text()))
-    else:
+    elif mutation == "condition":
         conditions = body.setdefault(draw(st.sampled_from(["checkField", "filterField"])), [])
         if not conditions:
             conditions.append(draw(valid_conditions()))
         break_condition(draw, draw(st.sampled_from(conditions)))
+    elif mutation == "every":
+        body["every"] = draw(st.integers(max_value=0) | st.floats(max_value=0) | st.just(float("inf")) | NOT_A_STRING.filter(lambda value: isinstance(value, (bool, str, list)) or value is None))
+    elif mutation == "jitter":
+        body.setdefault("every", 60)
+        body["jitter"] = draw(st.floats(1.0001, 10) | st.floats(max_value=-1e-9) | st.booleans() | st.text(max_size=3) | st.none())
+    elif mutation == "durationFrom":
+        body["durationFrom"] = draw(st.text(max_size=10) | st.just([]) | st.just(["[*]", "x"]) | st.just(["a", "[1]"]) | st.integers() | st.just({"subField": ["x"]}))
+    elif mutation == "reference":
+        body["resource"] = "Pod"
+        body["references"] = [
+            draw(
+                st.sampled_from(
+                    [
+                        {"name": "a", "kind": "Secrets", "field": ["spec", "x"]},
+                        {"name": "a", "builtin": "IngressServices"},
+                        {"name": "a", "builtin": "NoSuchBuiltin"},
+                        {"name": "1a", "builtin": "PodSecrets"},
+                        {"kind": "Secret", "field": ["spec", "x"]},
+                        {"name": "a", "kind": "Service", "field": ["spec", "x"], "key": ["spec", "k"]},
+                        {"name": "a", "kind": "Secret", "field": ["spec", "c", "[*]", "n"], "key": ["spec", "d", "[*]", "k"]},
+                        {"name": "a", "kind": "Node", "field": ["spec", "nodeName"], "namespace": "same"},
+                        {"name": "a", "kind": "Secret"},
+                    ]
+                )
+            )
+        ]
+    else:
+        body["resource"] = "Pod"
+        body["references"] = [{"name": "node", "builtin": "PodNode"}]
+        body["checkField"].append(
+            draw(
+                st.sampled_from(
+                    [
+                        {"referenceMissing": "nodes"},
+                        {"referenceKeyMissing": "node"},
+                        {"referenceMissing": "node", "field": ["x"]},
+                        {"referenceField": {"name": "node", "field": ["x"]}},
+                        {"referenceField": {"field": ["x"], "nilValue": True}},
+                        {"referenceField": "node"},
+                    ]
+                )
+            )
+        )
     return document
 
 

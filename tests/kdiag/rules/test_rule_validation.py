@@ -8,7 +8,7 @@ from typing import Any
 import pytest
 
 from kdiag.errors import RuleError
-from kdiag.rules import parse_rules
+from kdiag.rules import check_rules, parse_rules
 
 VALID_BODY: dict[str, Any] = {
     "duration": 60,
@@ -97,6 +97,82 @@ INVALID_BODIES: list[tuple[str, Any, str, tuple[str, ...]]] = [
     ("subField empty", check_with(subField=[]), "checkField[0].subField", ("must not be an empty list",)),
     ("subField item number", check_with(subField=["ready", 0]), "checkField[0].subField[1]", ("must be a string",)),
     ("filter condition invalid", body_with(filterField=[{"field": ["status", "phase"]}]), "filterField[0]", ("has no operator",)),
+    # Operators added to the original format
+    ("exists string", check_with(equalValue=DELETE, exists="yes"), "checkField[0].exists", ("must be true or false", "string 'yes'")),
+    ("prefix string", check_with(equalValue=DELETE, prefix="Error"), "checkField[0].prefix", ("must be a list of strings",)),
+    ("prefix empty item", check_with(equalValue=DELETE, prefix=["Error", ""]), "checkField[0].prefix[1]", ("must not be an empty string",)),
+    ("substring empty", check_with(equalValue=DELETE, substring=[]), "checkField[0].substring", ("must not be an empty list",)),
+    ("substring number item", check_with(equalValue=DELETE, substring=[429]), "checkField[0].substring[0]", ("must be a string", "number 429")),
+    ("regex invalid", check_with(equalValue=DELETE, regex="secrets? (not found"), "checkField[0].regex", ("invalid regular expression", "missing ), unterminated subpattern", "position 9")),
+    ("regex list", check_with(equalValue=DELETE, regex=["a", "b"]), "checkField[0].regex", ("must be a string", "a list")),
+    ("regex empty", check_with(equalValue=DELETE, regex=""), "checkField[0].regex", ("must not be an empty string",)),
+    ("greaterThan word", check_with(equalValue=DELETE, greaterThan="lots"), "checkField[0].greaterThan", ("must be a number or a Kubernetes quantity", "string 'lots'")),
+    ("lessThan bad suffix", check_with(equalValue=DELETE, lessThan="1GB"), "checkField[0].lessThan", ("Kubernetes quantity", "string '1GB'")),
+    ("greaterOrEqual boolean", check_with(equalValue=DELETE, greaterOrEqual=True), "checkField[0].greaterOrEqual", ("must be a number", "boolean true")),
+    ("lessOrEqual nan", check_with(equalValue=DELETE, lessOrEqual=float("nan")), "checkField[0].lessOrEqual", ("must be a number",)),
+    ("length number", check_with(equalValue=DELETE, length=0), "checkField[0].length", ("mapping of comparison to length", "number 0")),
+    ("length empty", check_with(equalValue=DELETE, length={}), "checkField[0].length", ("mapping of comparison to length",)),
+    ("length unknown key", check_with(equalValue=DELETE, length={"moreThan": 0}), "checkField[0].length.moreThan", ("unknown key", "Did you mean")),
+    ("length negative", check_with(equalValue=DELETE, length={"greaterThan": -1}), "checkField[0].length.greaterThan", ("whole number >= 0", "number -1")),
+    ("length float", check_with(equalValue=DELETE, length={"equal": 1.5}), "checkField[0].length.equal", ("whole number >= 0",)),
+    ("match other", check_with(match="some"), "checkField[0].match", ("must be any or all", "string 'some'")),
+    ("match without list", body_with(checkField=[{"field": ["status", "phase"], "equalValue": ["Running"], "match": "all"}]), "checkField[0].match", ("match needs several values",)),
+    # Path syntax
+    ("path index", check_with(field=["status", "containerStatuses", "[0]"]), "checkField[0].field[2]", ("list indexes are not supported",)),
+    ("path glued fan-out", check_with(field=["status", "containerStatuses[*]"]), "checkField[0].field[1]", ("as a segment of its own",)),
+    ("path bracket key", check_with(field=["status", "a]b"]), "checkField[0].field[1]", ("cannot contain [ or ]",)),
+    ("path leading fan-out", check_with(field=["[*]", "status"]), "checkField[0].field[0]", ("cannot start with [*]",)),
+    ("subField leading fan-out", check_with(subField=["[*]", "ready"]), "checkField[0].subField[0]", ("cannot start with [*]",)),
+    ("field ends in fan-out with selection", check_with(field=["status", "containerStatuses", "[*]"]), "checkField[0].field", ("must end at the list",)),
+    ("subIdentifierName fan-out", check_with(subIdentifierName="[*]"), "checkField[0].subIdentifierName", ("not [*]",)),
+    # Timing keys
+    ("durationFrom string", body_with(durationFrom="status.startTime"), "durationFrom", ("must be a path", "string 'status.startTime'")),
+    ("durationFrom empty", body_with(durationFrom=[]), "durationFrom", ("must not be an empty list",)),
+    ("durationFrom index", body_with(durationFrom=["status", "conditions", "[1]", "lastTransitionTime"]), "durationFrom[2]", ("list indexes are not supported",)),
+    ("durationFrom unknown key", body_with(durationFrom={"field": ["status", "conditions"], "subIdentifierName": "type", "subField": ["lastTransitionTime"], "equalValue": ["x"]}), "durationFrom.equalValue", ("unknown key",)),
+    ("durationFrom without field", body_with(durationFrom={"subField": ["lastTransitionTime"]}), "durationFrom", ("missing required key field",)),
+    ("durationFrom name without subField", body_with(durationFrom={"field": ["status", "conditions"], "subIdentifierName": "type"}), "durationFrom", ("needs subField",)),
+    ("every zero", body_with(every=0), "every", ("> 0", "number 0")),
+    ("every negative", body_with(every=-30), "every", ("> 0",)),
+    ("every string", body_with(every="5m"), "every", ("must be a number of seconds", "string '5m'")),
+    ("every infinite", body_with(every=float("inf")), "every", ("finite",)),
+    ("jitter above one", body_with(every=60, jitter=1.5), "jitter", ("between 0 and 1", "number 1.5")),
+    ("jitter negative", body_with(every=60, jitter=-0.1), "jitter", ("between 0 and 1",)),
+    ("jitter boolean", body_with(every=60, jitter=True), "jitter", ("between 0 and 1", "boolean true")),
+    ("jitter without every", body_with(jitter=0.5), "jitter", ("needs every",)),
+    # References
+    ("references mapping", body_with(references={"name": "a"}), "references", ("must be a list of reference declarations",)),
+    ("reference not mapping", body_with(references=["PodSecrets"]), "references[0]", ("must be a mapping",)),
+    ("reference without name", body_with(references=[{"builtin": "PodSecrets"}]), "references[0]", ("missing required key name",)),
+    ("reference bad name", body_with(references=[{"name": "my secrets", "builtin": "PodSecrets"}]), "references[0].name", ("invalid reference name",)),
+    ("reference duplicate name", body_with(references=[{"name": "a", "builtin": "PodSecrets"}, {"name": "a", "builtin": "PodNode"}]), "references[1].name", ("duplicate reference name",)),
+    ("reference unknown kind", body_with(references=[{"name": "a", "kind": "Secrets", "field": ["spec", "x"]}]), "references[0].kind", ("unknown kind 'Secrets'", "Did you mean Secret?")),
+    ("reference kind and kindField", body_with(references=[{"name": "a", "kind": "Secret", "kindField": ["spec", "kind"], "field": ["spec", "x"]}]), "references[0]", ("exactly one of kind",)),
+    ("reference no kind", body_with(references=[{"name": "a", "field": ["spec", "x"]}]), "references[0]", ("exactly one of kind",)),
+    ("reference no field", body_with(references=[{"name": "a", "kind": "Secret"}]), "references[0]", ("missing required key field",)),
+    ("reference unknown key", body_with(references=[{"name": "a", "kind": "Secret", "field": ["spec", "x"], "keys": ["spec", "k"]}]), "references[0].keys", ("unknown key", "Did you mean key?")),
+    ("reference field leading fan-out", body_with(references=[{"name": "a", "kind": "Secret", "field": ["[*]", "name"]}]), "references[0].field[0]", ("cannot start with [*]",)),
+    ("reference key on service", body_with(references=[{"name": "a", "kind": "Service", "field": ["spec", "x"], "key": ["spec", "k"]}]), "references[0].key", ("Service has no data keys",)),
+    ("reference key other list", body_with(references=[{"name": "a", "kind": "Secret", "field": ["spec", "containers", "[*]", "name"], "key": ["spec", "volumes", "[*]", "key"]}]), "references[0].key", ("must be the same as in field",)),
+    ("reference namespace deeper", body_with(references=[{"name": "a", "kind": "Secret", "field": ["spec", "name"], "namespace": ["spec", "namespaces", "[*]"]}]), "references[0].namespace", ("more [*] steps than field",)),
+    ("reference namespace word", body_with(references=[{"name": "a", "kind": "Secret", "field": ["spec", "x"], "namespace": "other"}]), "references[0].namespace", ("must be same", "string 'other'")),
+    ("reference cluster kind same namespace", body_with(references=[{"name": "a", "kind": "Node", "field": ["spec", "nodeName"], "namespace": "same"}]), "references[0].namespace", ("cluster-scoped",)),
+    ("reference namespaced kind cluster", body_with(references=[{"name": "a", "kind": "Secret", "field": ["spec", "x"], "namespace": "cluster"}]), "references[0].namespace", ("is namespaced",)),
+    ("reference sources and field", body_with(references=[{"name": "a", "kind": "Secret", "field": ["spec", "x"], "sources": [{"field": ["spec", "y"]}]}]), "references[0].field", ("either in sources or directly",)),
+    ("reference sources empty", body_with(references=[{"name": "a", "kind": "Secret", "sources": []}]), "references[0].sources", ("non-empty list of sources",)),
+    ("reference source unknown key", body_with(references=[{"name": "a", "kind": "Secret", "sources": [{"field": ["spec", "x"], "kind": "Secret"}]}]), "references[0].sources[0].kind", ("unknown key",)),
+    ("reference unknown builtin", body_with(references=[{"name": "a", "builtin": "PodSecret"}]), "references[0].builtin", ("unknown builtin reference", "Did you mean PodSecrets?")),
+    ("reference builtin other resource", body_with(references=[{"name": "a", "builtin": "IngressServices"}]), "references[0].builtin", ("reads Ingress objects", "resource is Pod")),
+    ("reference builtin with field", body_with(references=[{"name": "a", "builtin": "PodSecrets", "field": ["spec"]}]), "references[0].field", ("takes only name and builtin",)),
+    ("referenceMissing undeclared", body_with(checkField=[{"referenceMissing": "secrets"}]), "checkField[0].referenceMissing", ("no reference named 'secrets'", "declares no references")),
+    ("referenceMissing other name", body_with(references=[{"name": "tls", "builtin": "PodSecrets"}], checkField=[{"referenceMissing": "secret"}]), "checkField[0].referenceMissing", ("no reference named 'secret'", "Declared references are tls")),
+    ("referenceMissing with field", body_with(references=[{"name": "s", "builtin": "PodSecrets"}], checkField=[{"referenceMissing": "s", "field": ["type"]}]), "checkField[0].field", ("condition of its own",)),
+    ("two reference operators", body_with(references=[{"name": "s", "builtin": "PodSecrets"}], checkField=[{"referenceMissing": "s", "referenceKeyMissing": "s"}]), "checkField[0].referenceKeyMissing", ("not several",)),
+    ("referenceKeyMissing without key", body_with(references=[{"name": "n", "builtin": "PodNode"}], checkField=[{"referenceKeyMissing": "n"}]), "checkField[0].referenceKeyMissing", ("reads no key",)),
+    ("referenceField not mapping", body_with(references=[{"name": "s", "builtin": "PodSecrets"}], checkField=[{"referenceField": "s"}]), "checkField[0].referenceField", ("must be a mapping",)),
+    ("referenceField without name", body_with(references=[{"name": "s", "builtin": "PodSecrets"}], checkField=[{"referenceField": {"field": ["type"], "equalValue": ["Opaque"]}}]), "checkField[0].referenceField", ("missing required key name",)),
+    ("referenceField without operator", body_with(references=[{"name": "s", "builtin": "PodSecrets"}], checkField=[{"referenceField": {"name": "s", "field": ["type"]}}]), "checkField[0].referenceField", ("has no operator",)),
+    ("referenceField bad regex", body_with(references=[{"name": "s", "builtin": "PodSecrets"}], checkField=[{"referenceField": {"name": "s", "field": ["type"], "regex": "("}}]), "checkField[0].referenceField.regex", ("invalid regular expression",)),
 ]
 
 
@@ -187,3 +263,54 @@ def test_integer_and_zero_durations_allowed() -> None:
     assert rule.duration_seconds == 0.0
     (rule,) = parse_rules({"PodFine": body_with(duration=2.5)})
     assert rule.duration_seconds == 2.5
+
+
+def test_every_problem_collected() -> None:
+    body = copy.deepcopy(VALID_BODY)
+    body.update(duration=-1, resource=5, severity="high")
+    body["checkField"].append({"field": ["status", "phase"], "regex": "("})
+    body["checkField"].append({"field": ["status", "containerStatuses[*]"], "equalValue": [1]})
+    _, problems = check_rules({"PodFine": VALID_BODY, "PodBroken": body, "PodAlsoBroken": body_with(every=0)}, source="rules/pods.yaml")
+    located = [(problem.rule, problem.path) for problem in problems]
+    assert located == [
+        ("PodBroken", "severity"),
+        ("PodBroken", "resource"),
+        ("PodBroken", "duration"),
+        ("PodBroken", "checkField[1].regex"),
+        ("PodBroken", "checkField[2].field[1]"),
+        ("PodBroken", "checkField[2].equalValue[0]"),
+        ("PodAlsoBroken", "every"),
+    ]
+    for problem in problems:
+        assert problem.source == "rules/pods.yaml"
+
+
+def test_check_rules_returns_valid_rules() -> None:
+    rules, problems = check_rules({"PodFine": VALID_BODY, "PodBroken": body_with(duration=-1)})
+    assert [rule.name for rule in rules] == ["PodFine"]
+    assert len(problems) == 1
+
+
+def test_invalid_reference_not_reported_twice() -> None:
+    body = body_with(references=[{"name": "tls", "kind": "Secrets", "field": ["spec", "x"]}], checkField=[{"referenceMissing": "tls"}])
+    _, problems = check_rules({"PodBroken": body})
+    assert [problem.path for problem in problems] == ["references[0].kind"]
+
+
+def test_new_keys_accepted_together() -> None:
+    body = body_with(
+        durationFrom={"field": ["status", "conditions"], "subIdentifierName": "type", "subIdentifierValue": ["Ready"], "subField": ["lastTransitionTime"]},
+        every=300,
+        jitter=0.5,
+        references=[{"name": "secrets", "builtin": "PodSecrets"}, {"name": "claims", "kind": "PersistentVolumeClaim", "field": ["spec", "volumes", "[*]", "persistentVolumeClaim", "claimName"]}],
+        filterField=[{"field": ["spec", "containers", "[*]", "image"], "regex": ":latest$", "match": "all"}],
+        checkField=[
+            {"field": ["status", "containerStatuses", "[*]", "restartCount"], "greaterThan": 5},
+            {"field": ["spec", "containers"], "length": {"greaterOrEqual": 1}},
+            {"referenceMissing": "secrets"},
+            {"referenceField": {"name": "claims", "field": ["status", "phase"], "equalValue": ["Lost"]}},
+        ],
+    )
+    (rule,) = parse_rules({"PodFine": body})
+    assert rule.every_seconds == 300
+    assert [declaration.name for declaration in rule.references] == ["secrets", "claims"]
