@@ -352,6 +352,9 @@ class _RuleParser(RuleValidator):
             if key not in value:
                 continue
             bound = value[key]
+            if isinstance(bound, float) and bound.is_integer():
+                # JSON Schema counts 1.0 as an integer, so the parser does too.
+                bound = int(bound)
             if isinstance(bound, bool) or not isinstance(bound, int) or bound < 0:
                 self.report(f"{path}.{key}", f"must be a whole number >= 0, got {describe(bound)}")
                 continue
