@@ -104,15 +104,17 @@ class FinalizerManager:
     def classify(self, resource: ResourceType, event_type: str, obj: dict[str, Any]) -> tuple[str, bool]:
         """Return the change type to publish and whether to remove our finalizer once Kafka has it.
 
-        Queues an add for a live object without our finalizer. An object with a deletionTimestamp whose
-        only finalizer is ours is deleted as far as anyone else is concerned, so it becomes DELETED.
+        Queues an add for a live object without our finalizer. An object whose only finalizer is ours,
+        with a deletionTimestamp and no grace period left, is deleted as far as anyone else is
+        concerned, so it becomes DELETED. A pod in graceful termination has a grace period until the
+        kubelet's final delete sets it to 0, so it stays MODIFIED until then.
         """
         metadata = obj.get("metadata") or {}
         finalizers = metadata.get("finalizers") or []
         if event_type == "DELETED":
             return event_type, False
         if metadata.get("deletionTimestamp"):
-            if finalizers == [FINALIZER]:
+            if finalizers == [FINALIZER] and not metadata.get("deletionGracePeriodSeconds"):
                 return "DELETED", True
             return event_type, False
         if FINALIZER not in finalizers:

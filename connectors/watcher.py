@@ -262,6 +262,7 @@ class PendingChange:
     observed_time_ms: int
     # When the first event that this entry carries was queued: no queued change is older.
     first_queued_ms: int
+    first_queued_monotonic: float
     received_monotonic: float
     sequence: int
     # Event order among the type's changes, to tell which of two versions of an object is newer.
@@ -373,6 +374,7 @@ class ChangeQueue:
             object_json=queued.object_json,
             observed_time_ms=now_ms,
             first_queued_ms=now_ms,
+            first_queued_monotonic=time.monotonic(),
             received_monotonic=time.monotonic(),
             sequence=queued.progress.open_entry(queued.uid),
             event_order=self._event_order,
@@ -408,13 +410,13 @@ class ChangeQueue:
                 self._condition.wait(timeout_seconds)
             taken: list[PendingChange] = []
             taken_bytes = 0
-            newest_ms = int(self._wall_clock() * 1000) - linger_ms
+            newest = time.monotonic() - linger_ms / 1000
             if len(self._entries) >= max_count:
-                newest_ms = self._now_ms()
+                newest = time.monotonic()
             while self._entries and len(taken) < max_count:
                 key = next(iter(self._entries))
                 entry = self._entries[key]
-                if entry.first_queued_ms > newest_ms:
+                if entry.first_queued_monotonic > newest:
                     break
                 if taken and taken_bytes + len(entry.object_json) > max_bytes:
                     break
@@ -494,6 +496,9 @@ class ResourceWatch:
         self._response: urllib3.BaseHTTPResponse | None = None
         self._watches_opened = 0
         self._invalid_objects = 0
+        # Objects published as DELETED in finalizer mode whose DELETED event has not arrived yet: their
+        # remaining events are not published again.
+        self._finalized_uids: set[str] = set()
         self._thread = threading.Thread(target=self._run, name=f"kdiag-watch-{self.type_id}", daemon=True)
 
     @property
@@ -757,6 +762,11 @@ class ResourceWatch:
         if self.resource.namespaced and not self.watcher.options.resource_filter.allows_namespace(namespace):
             self._advance(advance_to)
             return
+        if uid in self._finalized_uids:
+            if event_type == "DELETED":
+                self._finalized_uids.discard(uid)
+            self._advance(advance_to)
+            return
         if self._already_published(event_type, uid, version):
             self.watcher.metrics.skipped.labels(self.type_id).inc()
             self._advance(advance_to)
@@ -766,6 +776,8 @@ class ResourceWatch:
         if self.finalized:
             assert self.watcher.finalizers is not None
             change_type, release = self.watcher.finalizers.classify(self.resource, event_type, obj)
+            if release:
+                self._finalized_uids.add(uid)
         obj["apiVersion"] = obj.get("apiVersion") or self.resource.api_version
         obj["kind"] = obj.get("kind") or self.resource.kind
         limit = object_limit_bytes(

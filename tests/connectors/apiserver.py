@@ -553,10 +553,16 @@ class FakeApiServer:
                 raise _HttpError(422, "Invalid", "Forbidden: no new finalizers can be added if the object is being deleted")
             if not finalizers:
                 metadata.pop("finalizers", None)
-            stored = self._store(resource, key, obj, "MODIFIED")
             if "deletionTimestamp" in metadata and not finalizers:
-                self._delete(resource, key[0], name)
-            return orjson.dumps(stored)
+                # As in the real server, an update that removes the last finalizer of an object being
+                # deleted completes the delete: watchers get one DELETED event, no MODIFIED.
+                del self._objects[resource.key][key]
+                version = self._next_version()
+                metadata["resourceVersion"] = str(version)
+                data = orjson.dumps(obj)
+                self._record(resource, "DELETED", key[0], version, data)
+                return data
+            return orjson.dumps(self._store(resource, key, obj, "MODIFIED"))
 
     def delete_body(self, resource: Resource, namespace: str | None, name: str) -> bytes:
         with self._condition:
