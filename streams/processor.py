@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import logging
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -16,6 +17,11 @@ import orjson
 
 from kdiag.codec import codec
 from kdiag.durations import AlertEvent, DurationTracker, Entry, ObjectRef
+from kdiag.model import topic_key
+from kdiag.partitioning import partition_for_key
+from kdiag.rules.kinds import CLUSTER_SCOPED_KINDS
+from kdiag.rules.references import extract_references
+from streams.references import DYNAMIC_TARGET_KINDS, ObjectKey, ReferencePlan, ReferenceStore
 from kdiag.errors import DecodeError, KdiagError
 from kdiag.rules import RuleSet
 from streams.state import NEXT_OFFSET_KEY, StateWrite, clock_state_key, entry_state_key
@@ -59,16 +65,27 @@ class PartitionProcessor:
         entries: list[Entry],
         clocks: dict[str, int],
         next_offset: int,
+        partitions: int = 1,
+        lookup: Callable[[bytes], bytes | None] = lambda key: None,
     ) -> None:
+        """`partitions` is the changes topic's partition count and `lookup` reads committed state."""
         self.topic = topic
         self.partition = partition
+        self.partitions = partitions
         self.rule_set = rule_set
         self.tracker = DurationTracker(entries, clocks)
         self.next_offset = next_offset
+        self.references = ReferenceStore(lookup)
+        self.plan = ReferencePlan.from_rule_set(rule_set)
+        # Referenced object -> keys of the entries whose rule read it, and the reverse.
+        self._dependents: dict[ObjectKey, set[str]] = {}
+        self._entry_references: dict[str, list[ObjectKey]] = {}
+        self._indexed_by_object: dict[tuple[str, str], set[str]] = {}
         self._clocks_changed: set[str] = set()
         self._offset_changed = False
         self._started = False
         self._rules_checked = False
+        self._rebuild_dependents()
 
     def update_rules(self, rule_set: RuleSet, result: BatchResult) -> None:
         """Evaluate with `rule_set` from now on. Entries of rules it no longer has are dropped and their
@@ -79,12 +96,14 @@ class PartitionProcessor:
         # owned this partition are dropped too.
         deleted = {entry.rule for entry in self.tracker.entries.values()} - set(rule_set.names)
         self.rule_set = rule_set
+        self.plan = ReferencePlan.from_rule_set(rule_set)
         self._rules_checked = True
         for rule in sorted(deleted):
             result.alerts.extend(self.tracker.drop_rule(rule))
+        self._rebuild_dependents()
 
     def has_state_writes(self) -> bool:
-        return bool(self.tracker.dirty or self._clocks_changed or self._offset_changed)
+        return bool(self.tracker.dirty or self._clocks_changed or self._offset_changed or self.references.has_writes())
 
     def process(self, offset: int, value: bytes | None, result: BatchResult) -> None:
         """Apply one record. Records before next_offset were committed already and are skipped."""
@@ -137,11 +156,16 @@ class PartitionProcessor:
             uid=change["uid"],
             resource_version=change["resourceVersion"],
         )
+        object_key = (cluster, ref.kind, ref.namespace, ref.name)
+        referenced = self.plan.references(ref.kind)
         if change["changeType"] == "DELETED":
             result.alerts.extend(self.tracker.delete(ref, time_ms))
+            self._forget_object(cluster, ref.uid)
+            if referenced and self.references.delete(object_key):
+                result.alerts.extend(self._recheck_dependents(object_key, time_ms))
             return
         rules = self.rule_set.rules_for_kind(ref.kind)
-        if not rules:
+        if not rules and not referenced:
             result.alerts.extend(self.tracker.advance(cluster, time_ms))
             return
         try:
@@ -151,12 +175,109 @@ class PartitionProcessor:
             self._dead_letter(result, offset, reason, change["object"])
             result.alerts.extend(self.tracker.advance(cluster, time_ms))
             return
+        if referenced:
+            result.alerts.extend(self.tracker.advance(cluster, time_ms))
+            if self.references.put(object_key, self.plan.project(obj)):
+                result.alerts.extend(self._recheck_dependents(object_key, time_ms))
+        if not rules:
+            return
+        resolve = self.references.resolver(cluster)
         results = []
         for rule in rules:
-            match = rule.evaluate(obj)
+            if rule.uses_references:
+                match = rule.evaluate(obj, resolve) if self._can_resolve(rule, cluster) else None
+            else:
+                match = rule.evaluate(obj)
             start_ms = rule.active_since_ms(obj) if match is not None and rule.duration_from is not None else None
             results.append((rule.name, rule.duration_seconds, match, start_ms))
         result.alerts.extend(self.tracker.observe(ref, time_ms, results))
+        if self._indexed_by_object.get((cluster, ref.uid)) or any(rule.uses_references for rule in rules):
+            self._track_references(cluster, ref.uid, obj)
+
+    # References
+
+    def _can_resolve(self, rule: Any, cluster: str) -> bool:
+        """Whether this partition holds the objects the rule refers to.
+
+        Cluster-scoped objects arrive only on the partition of key "<cluster>/".
+        """
+        if not any(kind in CLUSTER_SCOPED_KINDS for kind in self._rule_target_kinds(rule)):
+            return True
+        return partition_for_key(topic_key(cluster, "").encode(), self.partitions) == self.partition
+
+    @staticmethod
+    def _rule_target_kinds(rule: Any) -> set[str]:
+        kinds: set[str] = set()
+        for declaration in rule.references:
+            kinds |= {declaration.kind} if declaration.kind else set(DYNAMIC_TARGET_KINDS)
+        return kinds
+
+    def _track_references(self, cluster: str, uid: str, obj: dict[str, Any]) -> None:
+        """Index the object's entries of reference rules by the objects they refer to."""
+        for rule_name, entry in self.tracker.entries_of(cluster, uid).items():
+            rule = self.rule_set.get(rule_name)
+            if rule is None or not rule.uses_references or entry.key in self._entry_references:
+                continue
+            if entry.object is None:
+                entry.object = obj
+                self.tracker.dirty.add(entry.key)
+            self._index_entry(entry, rule)
+        self._forget_ended(cluster, uid)
+
+    def _index_entry(self, entry: Entry, rule: Any) -> None:
+        cluster = entry.ref.cluster
+        references = extract_references(rule, entry.object)
+        keys = [(cluster, reference.kind, reference.namespace, reference.name) for reference in references]
+        self._entry_references[entry.key] = keys
+        self._indexed_by_object.setdefault((cluster, entry.ref.uid), set()).add(entry.key)
+        for key in keys:
+            self._dependents.setdefault(key, set()).add(entry.key)
+
+    def _unindex_entry(self, entry_key: str) -> None:
+        _, cluster, uid, _ = entry_key.split("\x1f", 3)
+        indexed = self._indexed_by_object.get((cluster, uid))
+        if indexed is not None:
+            indexed.discard(entry_key)
+            if not indexed:
+                del self._indexed_by_object[(cluster, uid)]
+        for key in self._entry_references.pop(entry_key, ()):
+            dependents = self._dependents.get(key)
+            if dependents is not None:
+                dependents.discard(entry_key)
+                if not dependents:
+                    del self._dependents[key]
+
+    def _forget_ended(self, cluster: str, uid: str) -> None:
+        current = {entry.key for entry in self.tracker.entries_of(cluster, uid).values()}
+        for key in list(self._indexed_by_object.get((cluster, uid), ())):
+            if key not in current:
+                self._unindex_entry(key)
+
+    def _forget_object(self, cluster: str, uid: str) -> None:
+        self._forget_ended(cluster, uid)
+
+    def _rebuild_dependents(self) -> None:
+        self._dependents.clear()
+        self._entry_references.clear()
+        self._indexed_by_object.clear()
+        for entry in self.tracker.entries.values():
+            rule = self.rule_set.get(entry.rule)
+            if rule is not None and rule.uses_references and entry.object is not None:
+                self._index_entry(entry, rule)
+
+    def _recheck_dependents(self, object_key: ObjectKey, time_ms: int) -> list[AlertEvent]:
+        """Evaluate again the entries whose rule read a referenced object that just changed."""
+        events: list[AlertEvent] = []
+        for key in sorted(self._dependents.get(object_key, ())):
+            entry = self.tracker.entries.get(key)
+            rule = self.rule_set.get(entry.rule) if entry is not None else None
+            if entry is None or rule is None or entry.object is None:
+                self._unindex_entry(key)
+                continue
+            if rule.evaluate(entry.object, self.references.resolver(entry.ref.cluster)) is None:
+                events.extend(self.tracker.end(entry, time_ms, "recovered"))
+                self._unindex_entry(key)
+        return events
 
     def _dead_letter(self, result: BatchResult, offset: int, reason: str, payload: bytes) -> None:
         origin = f"{self.topic}[{self.partition}]@{offset}"
@@ -188,4 +309,5 @@ class PartitionProcessor:
         if self._offset_changed:
             writes.append((NEXT_OFFSET_KEY, str(self.next_offset).encode()))
             self._offset_changed = False
+        writes.extend(self.references.take_writes())
         return writes

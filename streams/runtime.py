@@ -64,7 +64,14 @@ class PartitionRuntime:
     def _load_processor(self) -> PartitionProcessor:
         entries, clocks, next_offset = self.store.load()
         return PartitionProcessor(
-            self.settings.changes_topic, self.partition, self.rule_set, entries, clocks, next_offset
+            self.settings.changes_topic,
+            self.partition,
+            self.rule_set,
+            entries,
+            clocks,
+            next_offset,
+            partitions=self.settings.partitions,
+            lookup=self.store.get,
         )
 
     def process(self, records: Sequence[InputRecord], rule_set: RuleSet) -> BatchResult:

@@ -61,6 +61,9 @@ class PartitionStore:
         raw = self._db.get(CHECKPOINT_KEY)
         return int(raw) if raw is not None else -1
 
+    def get(self, key: bytes) -> bytes | None:
+        return self._db.get(key)
+
     def load(self) -> tuple[list[Entry], dict[str, int], int]:
         """Return the active entries, the clocks and the next offset to process."""
         entries: list[Entry] = []

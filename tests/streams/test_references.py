@@ -1,0 +1,194 @@
+"""Reference rules in the partition processor: explicit records, a dict in place of RocksDB."""
+
+from pathlib import Path
+
+import orjson
+
+from kdiag.codec import codec
+from kdiag.rules import load_rules
+from streams.processor import BatchResult, PartitionProcessor
+from streams.references import OBJECT_PREFIX
+
+RULES = load_rules([Path(__file__).resolve().parents[2] / "rules" / "references.yaml"])
+CHANGE_BATCH = codec("ChangeBatch")
+T0 = 1_600_000_000_000
+
+
+def record(obj: dict, time_ms: int, change_type: str = "ADDED", cluster: str = "c1") -> bytes:
+    metadata = obj["metadata"]
+    change = {
+        "cluster": cluster, "apiVersion": obj.get("apiVersion", "v1"), "kind": obj["kind"],
+        "namespace": metadata.get("namespace", ""), "name": metadata["name"], "uid": metadata["uid"],
+        "resourceVersion": "1", "changeType": change_type, "observedTime": time_ms, "object": orjson.dumps(obj),
+    }
+    return CHANGE_BATCH.encode({"changes": [change], "tick": None})
+
+
+def tick(time_ms: int, cluster: str = "c1") -> bytes:
+    return CHANGE_BATCH.encode({"changes": [], "tick": {"cluster": cluster, "time": time_ms, "source": "test"}})
+
+
+def pod_reading(config_map: str | None = None, secret: str | None = None, key: str | None = None) -> dict:
+    env = []
+    if secret is not None:
+        env.append({"name": "PASSWORD", "valueFrom": {"secretKeyRef": {"name": secret, "key": key or "password"}}})
+    volumes = [{"name": "config", "configMap": {"name": config_map}}] if config_map else []
+    return {
+        "apiVersion": "v1", "kind": "Pod",
+        "metadata": {"name": "web-0", "namespace": "team-a", "uid": "pod-1"},
+        "spec": {"containers": [{"name": "web", "image": "nginx", "env": env}], "volumes": volumes},
+        "status": {"phase": "Pending"},
+    }
+
+
+def config_map(name: str) -> dict:
+    return {"apiVersion": "v1", "kind": "ConfigMap", "metadata": {"name": name, "namespace": "team-a", "uid": f"cm-{name}"},
+            "data": {"index.html": "<html/>"}}
+
+
+def secret(name: str, data: dict) -> dict:
+    return {"apiVersion": "v1", "kind": "Secret", "type": "Opaque",
+            "metadata": {"name": name, "namespace": "team-a", "uid": f"secret-{name}"}, "data": data}
+
+
+class Harness:
+    """A processor whose committed state is a dict, committed after every record like the worker."""
+
+    def __init__(self, partition: int = 0, partitions: int = 1) -> None:
+        self.state: dict[bytes, bytes] = {}
+        self.partition = partition
+        self.partitions = partitions
+        self.processor = self._new_processor([], {}, 0)
+        self.offset = 0
+        self.alerts: list[dict] = []
+
+    def _new_processor(self, entries, clocks, next_offset):
+        return PartitionProcessor("changes", self.partition, RULES, entries, clocks, next_offset,
+                                  partitions=self.partitions, lookup=self.state.get)
+
+    def feed(self, value: bytes) -> None:
+        result = BatchResult()
+        self.processor.process(self.offset, value, result)
+        self.offset += 1
+        for key, written in self.processor.take_state_writes():
+            if written is None:
+                self.state.pop(key, None)
+            else:
+                self.state[key] = written
+        self.alerts.extend(event.to_avro() for event in result.alerts)
+
+    def restart(self) -> None:
+        """Build a new processor from the committed dict, as a restarted worker does from RocksDB."""
+        from kdiag.durations import Entry
+
+        entries = [Entry.from_state(orjson.loads(value)) for key, value in self.state.items() if key.startswith(b"e\x1f")]
+        clocks = {key[2:].decode(): int(value) for key, value in self.state.items() if key.startswith(b"c\x1f")}
+        self.processor = self._new_processor(entries, clocks, int(self.state[b"o"]))
+
+    def transitions(self) -> list[tuple[str, str, str]]:
+        return [(alert["status"], alert["rule"], alert["resolveReason"]) for alert in self.alerts]
+
+
+def test_missing_config_map_fires_after_duration():
+    harness = Harness()
+    harness.feed(record(pod_reading(config_map="site"), T0))
+    harness.feed(tick(T0 + 59_000))
+    assert harness.transitions() == []
+    harness.feed(tick(T0 + 60_000))
+    assert harness.transitions() == [("FIRING", "PodConfigMapMissing", "")]
+    assert harness.alerts[0]["context"] == {"references.configMaps": "ConfigMap team-a/site"}
+
+
+def test_config_map_created_later_resolves_alert():
+    harness = Harness()
+    harness.feed(record(pod_reading(config_map="site"), T0))
+    harness.feed(tick(T0 + 60_000))
+    harness.feed(record(config_map("site"), T0 + 90_000))
+    assert harness.transitions() == [("FIRING", "PodConfigMapMissing", ""), ("RESOLVED", "PodConfigMapMissing", "recovered")]
+    assert harness.alerts[1]["resolvedAt"] == T0 + 90_000
+
+
+def test_config_map_before_deadline_cancels_pending():
+    harness = Harness()
+    harness.feed(record(pod_reading(config_map="site"), T0))
+    harness.feed(record(config_map("site"), T0 + 10_000))
+    harness.feed(tick(T0 + 600_000))
+    assert harness.transitions() == []
+
+
+def test_existing_config_map_never_pending():
+    harness = Harness()
+    harness.feed(record(config_map("site"), T0))
+    harness.feed(record(pod_reading(config_map="site"), T0 + 1_000))
+    harness.feed(tick(T0 + 600_000))
+    assert harness.transitions() == []
+
+
+def test_secret_without_key_is_not_missing_secret():
+    harness = Harness()
+    harness.feed(record(secret("db", {"user": "YWRtaW4="}), T0))
+    harness.feed(record(pod_reading(secret="db", key="password"), T0 + 1_000))
+    harness.feed(tick(T0 + 61_000))
+    assert harness.transitions() == [("FIRING", "PodSecretKeyMissing", "")]
+    assert harness.alerts[0]["context"] == {"references.secrets": "Secret team-a/db key password"}
+
+
+def test_secret_values_never_stored():
+    harness = Harness()
+    harness.feed(record(secret("db", {"password": "c3VwZXJzZWNyZXQ="}), T0))
+    stored = [value for key, value in harness.state.items() if key.startswith(OBJECT_PREFIX)]
+    assert len(stored) == 1
+    assert b"c3VwZXJzZWNyZXQ=" not in stored[0]
+    assert orjson.loads(stored[0])["data"] == {"password": ""}
+
+
+def test_unchanged_projection_writes_nothing():
+    harness = Harness()
+    harness.feed(record(config_map("site"), T0))
+    changed = config_map("site")
+    changed["metadata"]["resourceVersion"] = "99"
+    result = BatchResult()
+    harness.processor.process(harness.offset, record(changed, T0 + 1_000), result)
+    writes = [key for key, _ in harness.processor.take_state_writes() if key.startswith(OBJECT_PREFIX)]
+    assert writes == []
+
+
+def test_restart_keeps_references_and_dependents():
+    harness = Harness()
+    harness.feed(record(pod_reading(config_map="site"), T0))
+    harness.feed(tick(T0 + 60_000))
+    harness.restart()
+    harness.feed(record(config_map("site"), T0 + 90_000))
+    assert harness.transitions()[-1] == ("RESOLVED", "PodConfigMapMissing", "recovered")
+
+
+def test_deleted_config_map_counts_as_missing_at_next_pod_change():
+    harness = Harness()
+    harness.feed(record(config_map("site"), T0))
+    harness.feed(record(pod_reading(config_map="site"), T0 + 1_000))
+    harness.feed(record(config_map("site"), T0 + 2_000, change_type="DELETED"))
+    harness.feed(record(pod_reading(config_map="site"), T0 + 3_000, change_type="MODIFIED"))
+    harness.feed(tick(T0 + 63_000))
+    assert harness.transitions() == [("FIRING", "PodConfigMapMissing", "")]
+
+
+def pvc(storage_class: str) -> dict:
+    return {"apiVersion": "v1", "kind": "PersistentVolumeClaim",
+            "metadata": {"name": "data", "namespace": "team-a", "uid": "pvc-1"},
+            "spec": {"storageClassName": storage_class}, "status": {"phase": "Pending"}}
+
+
+def test_cluster_scoped_reference_resolves_only_on_owner_partition():
+    from kdiag.partitioning import partition_for_key
+
+    owner = partition_for_key(b"c1/", 6)
+    other = (owner + 1) % 6
+    quiet = Harness(partition=other, partitions=6)
+    quiet.feed(record(pvc("fast"), T0))
+    quiet.feed(tick(T0 + 600_000))
+    assert quiet.transitions() == []
+
+    owning = Harness(partition=owner, partitions=6)
+    owning.feed(record(pvc("fast"), T0))
+    owning.feed(tick(T0 + 600_000))
+    assert owning.transitions() == [("FIRING", "PVCStorageClassMissing", "")]
