@@ -51,9 +51,6 @@ class Entry:
     active_since_ms: int
     deadline_ms: int
     context: dict[str, str] = field(default_factory=dict)
-    # The object as it was when the entry started, kept for rules with references: a change of a
-    # referenced object re-evaluates the rule on it.
-    object: Any = None
 
     @property
     def key(self) -> str:
@@ -82,7 +79,6 @@ class Entry:
             "activeSince": self.active_since_ms,
             "deadline": self.deadline_ms,
             "context": self.context,
-            "object": self.object,
         }
 
     @classmethod
@@ -103,7 +99,6 @@ class Entry:
             active_since_ms=data["activeSince"],
             deadline_ms=data["deadline"],
             context=dict(data["context"]),
-            object=data.get("object"),
         )
 
 
@@ -259,11 +254,6 @@ class DurationTracker:
         for entry in list(self.entries_of(ref.cluster, ref.uid).values()):
             events.extend(self._end(entry, time_ms, "deleted", ref.resource_version))
         return events
-
-    def end(self, entry: Entry, time_ms: int, reason: str) -> list[AlertEvent]:
-        """Remove one entry because its rule stopped matching for a reason other than a change of
-        the object itself, e.g. a referenced object appeared. The caller advances the clock first."""
-        return self._end(entry, time_ms, reason, entry.ref.resource_version)
 
     def drop_rule(self, rule: str) -> list[AlertEvent]:
         """Remove every entry of a deleted rule: pending ones go, firing ones resolve at their cluster's clock."""

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import logging
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -21,7 +21,7 @@ from kdiag.model import topic_key
 from kdiag.partitioning import partition_for_key
 from kdiag.rules.kinds import CLUSTER_SCOPED_KINDS
 from kdiag.rules.references import extract_references
-from streams.references import DYNAMIC_TARGET_KINDS, ObjectKey, ReferencePlan, ReferenceStore
+from streams.references import DYNAMIC_TARGET_KINDS, ObjectKey, ReferencePlan, ReferenceStore, strip_for_storage
 from kdiag.errors import DecodeError, KdiagError
 from kdiag.rules import RuleSet
 from streams.state import NEXT_OFFSET_KEY, StateWrite, clock_state_key, entry_state_key
@@ -67,25 +67,22 @@ class PartitionProcessor:
         next_offset: int,
         partitions: int = 1,
         lookup: Callable[[bytes], bytes | None] = lambda key: None,
+        scan: Callable[[bytes], Iterable[bytes]] = lambda prefix: (),
     ) -> None:
-        """`partitions` is the changes topic's partition count and `lookup` reads committed state."""
+        """`partitions` is the changes topic's partition count. `lookup` reads one committed state key
+        and `scan` returns the committed keys with a prefix."""
         self.topic = topic
         self.partition = partition
         self.partitions = partitions
         self.rule_set = rule_set
         self.tracker = DurationTracker(entries, clocks)
         self.next_offset = next_offset
-        self.references = ReferenceStore(lookup)
+        self.references = ReferenceStore(lookup, scan)
         self.plan = ReferencePlan.from_rule_set(rule_set)
-        # Referenced object -> keys of the entries whose rule read it, and the reverse.
-        self._dependents: dict[ObjectKey, set[str]] = {}
-        self._entry_references: dict[str, list[ObjectKey]] = {}
-        self._indexed_by_object: dict[tuple[str, str], set[str]] = {}
         self._clocks_changed: set[str] = set()
         self._offset_changed = False
         self._started = False
         self._rules_checked = False
-        self._rebuild_dependents()
 
     def update_rules(self, rule_set: RuleSet, result: BatchResult) -> None:
         """Evaluate with `rule_set` from now on. Entries of rules it no longer has are dropped and their
@@ -100,7 +97,6 @@ class PartitionProcessor:
         self._rules_checked = True
         for rule in sorted(deleted):
             result.alerts.extend(self.tracker.drop_rule(rule))
-        self._rebuild_dependents()
 
     def has_state_writes(self) -> bool:
         return bool(self.tracker.dirty or self._clocks_changed or self._offset_changed or self.references.has_writes())
@@ -160,9 +156,10 @@ class PartitionProcessor:
         referenced = self.plan.references(ref.kind)
         if change["changeType"] == "DELETED":
             result.alerts.extend(self.tracker.delete(ref, time_ms))
-            self._forget_object(cluster, ref.uid)
+            if self._reference_rules(ref.kind):
+                self._forget_referrer(cluster, ref.uid)
             if referenced and self.references.delete(object_key):
-                result.alerts.extend(self._recheck_dependents(object_key, time_ms))
+                result.alerts.extend(self._recheck_referrers(object_key, time_ms))
             return
         rules = self.rule_set.rules_for_kind(ref.kind)
         if not rules and not referenced:
@@ -178,21 +175,23 @@ class PartitionProcessor:
         if referenced:
             result.alerts.extend(self.tracker.advance(cluster, time_ms))
             if self.references.put(object_key, self.plan.project(obj)):
-                result.alerts.extend(self._recheck_dependents(object_key, time_ms))
+                result.alerts.extend(self._recheck_referrers(object_key, time_ms))
         if not rules:
             return
         resolve = self.references.resolver(cluster)
         results = []
+        reference_rules = []
         for rule in rules:
             if rule.uses_references:
+                reference_rules.append(rule)
                 match = rule.evaluate(obj, resolve) if self._can_resolve(rule, cluster) else None
             else:
                 match = rule.evaluate(obj)
             start_ms = rule.active_since_ms(obj) if match is not None and rule.duration_from is not None else None
             results.append((rule.name, rule.duration_seconds, match, start_ms))
         result.alerts.extend(self.tracker.observe(ref, time_ms, results))
-        if self._indexed_by_object.get((cluster, ref.uid)) or any(rule.uses_references for rule in rules):
-            self._track_references(cluster, ref.uid, obj)
+        if reference_rules:
+            self._remember_referrer(ref, obj, reference_rules)
 
     # References
 
@@ -212,71 +211,53 @@ class PartitionProcessor:
             kinds |= {declaration.kind} if declaration.kind else set(DYNAMIC_TARGET_KINDS)
         return kinds
 
-    def _track_references(self, cluster: str, uid: str, obj: dict[str, Any]) -> None:
-        """Index the object's entries of reference rules by the objects they refer to."""
-        for rule_name, entry in self.tracker.entries_of(cluster, uid).items():
-            rule = self.rule_set.get(rule_name)
-            if rule is None or not rule.uses_references or entry.key in self._entry_references:
-                continue
-            if entry.object is None:
-                entry.object = obj
-                self.tracker.dirty.add(entry.key)
-            self._index_entry(entry, rule)
-        self._forget_ended(cluster, uid)
+    def _reference_rules(self, kind: str) -> list[Any]:
+        return [rule for rule in self.rule_set.rules_for_kind(kind) if rule.uses_references]
 
-    def _index_entry(self, entry: Entry, rule: Any) -> None:
-        cluster = entry.ref.cluster
-        references = extract_references(rule, entry.object)
-        keys = [(cluster, reference.kind, reference.namespace, reference.name) for reference in references]
-        self._entry_references[entry.key] = keys
-        self._indexed_by_object.setdefault((cluster, entry.ref.uid), set()).add(entry.key)
-        for key in keys:
-            self._dependents.setdefault(key, set()).add(entry.key)
+    def _evaluate_references(self, ref: ObjectRef, obj: dict[str, Any], rules: list[Any], time_ms: int) -> list[AlertEvent]:
+        resolve = self.references.resolver(ref.cluster)
+        results = []
+        for rule in rules:
+            match = rule.evaluate(obj, resolve) if self._can_resolve(rule, ref.cluster) else None
+            start_ms = rule.active_since_ms(obj) if match is not None and rule.duration_from is not None else None
+            results.append((rule.name, rule.duration_seconds, match, start_ms))
+        return self.tracker.observe(ref, time_ms, results)
 
-    def _unindex_entry(self, entry_key: str) -> None:
-        _, cluster, uid, _ = entry_key.split("\x1f", 3)
-        indexed = self._indexed_by_object.get((cluster, uid))
-        if indexed is not None:
-            indexed.discard(entry_key)
-            if not indexed:
-                del self._indexed_by_object[(cluster, uid)]
-        for key in self._entry_references.pop(entry_key, ()):
-            dependents = self._dependents.get(key)
-            if dependents is not None:
-                dependents.discard(entry_key)
-                if not dependents:
-                    del self._dependents[key]
+    def _remember_referrer(self, ref: ObjectRef, obj: dict[str, Any], rules: list[Any]) -> None:
+        """Store a referrer and what it refers to, so that a change of those objects re-evaluates it."""
+        keys: set[ObjectKey] = set()
+        for rule in rules:
+            for reference in extract_references(rule, obj):
+                namespace = "" if reference.kind in CLUSTER_SCOPED_KINDS else reference.namespace
+                keys.add((ref.cluster, reference.kind, namespace, reference.name))
+        self.references.set_references(ref.cluster, ref.uid, keys)
+        self.references.put_referrer(ref.cluster, ref.uid, strip_for_storage(obj))
 
-    def _forget_ended(self, cluster: str, uid: str) -> None:
-        current = {entry.key for entry in self.tracker.entries_of(cluster, uid).values()}
-        for key in list(self._indexed_by_object.get((cluster, uid), ())):
-            if key not in current:
-                self._unindex_entry(key)
+    def _forget_referrer(self, cluster: str, uid: str) -> None:
+        self.references.set_references(cluster, uid, set())
+        self.references.delete_referrer(cluster, uid)
 
-    def _forget_object(self, cluster: str, uid: str) -> None:
-        self._forget_ended(cluster, uid)
-
-    def _rebuild_dependents(self) -> None:
-        self._dependents.clear()
-        self._entry_references.clear()
-        self._indexed_by_object.clear()
-        for entry in self.tracker.entries.values():
-            rule = self.rule_set.get(entry.rule)
-            if rule is not None and rule.uses_references and entry.object is not None:
-                self._index_entry(entry, rule)
-
-    def _recheck_dependents(self, object_key: ObjectKey, time_ms: int) -> list[AlertEvent]:
-        """Evaluate again the entries whose rule read a referenced object that just changed."""
+    def _recheck_referrers(self, referenced: ObjectKey, time_ms: int) -> list[AlertEvent]:
+        """Evaluate the reference rules of every object that refers to a referenced object that changed."""
         events: list[AlertEvent] = []
-        for key in sorted(self._dependents.get(object_key, ())):
-            entry = self.tracker.entries.get(key)
-            rule = self.rule_set.get(entry.rule) if entry is not None else None
-            if entry is None or rule is None or entry.object is None:
-                self._unindex_entry(key)
+        for cluster, uid in self.references.referrers_of(referenced):
+            obj = self.references.referrer(cluster, uid)
+            if obj is None:
                 continue
-            if rule.evaluate(entry.object, self.references.resolver(entry.ref.cluster)) is None:
-                events.extend(self.tracker.end(entry, time_ms, "recovered"))
-                self._unindex_entry(key)
+            rules = self._reference_rules(obj.get("kind", ""))
+            if not rules:
+                continue
+            metadata = obj.get("metadata", {})
+            ref = ObjectRef(
+                cluster=cluster,
+                api_version=obj.get("apiVersion", ""),
+                kind=obj.get("kind", ""),
+                namespace=metadata.get("namespace", ""),
+                name=metadata.get("name", ""),
+                uid=uid,
+                resource_version=str(metadata.get("resourceVersion", "")),
+            )
+            events.extend(self._evaluate_references(ref, obj, rules, time_ms))
         return events
 
     def _dead_letter(self, result: BatchResult, offset: int, reason: str, payload: bytes) -> None:

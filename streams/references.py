@@ -1,11 +1,15 @@
-"""What reference rules need about referenced objects, per changes-topic partition.
+"""What reference rules need about referring and referenced objects, per changes-topic partition.
 
-Rules can refer from one object to another (a Pod to its Secrets, an Ingress to its Services). For
-each kind that some rule references, the worker keeps a projection of every object of that kind:
-its identity, labels, Secret or ConfigMap key names (never values), `type`, and the top-level
-sections that reference conditions read, such as `subsets` of Endpoints. The projection is written
-to RocksDB and the changelog only when it changes, so status-only updates of a kind that no rule
-reads cost nothing.
+Rules can refer from one object to another (a Pod to its Secrets, an Ingress to its Services). The
+worker keeps three things in RocksDB and the changelog, each written only when it changes:
+
+- for each kind that some rule references, a projection of every object of that kind: its
+  identity, labels, Secret or ConfigMap key names (never values), `type`, and the top-level sections
+  that reference conditions read, such as `subsets` of Endpoints;
+- for each object of a kind that has reference rules (the referrer), the object itself, without
+  managedFields, so that its rules can run again when a referenced object changes;
+- what each referrer refers to, and an index from each referenced object to its referrers, read by
+  prefix scan.
 
 Namespaced objects are co-partitioned with the objects that refer to them, because the topic key
 is cluster/namespace.
@@ -17,7 +21,7 @@ references count as unknown and the reference conditions on them never hold.
 
 from __future__ import annotations
 
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass
 from typing import Any
 
@@ -28,6 +32,9 @@ from kdiag.rules.kinds import CLUSTER_SCOPED_KINDS, KEY_FIELDS
 from kdiag.rules.references import ReferenceCondition
 
 OBJECT_PREFIX = b"r\x1f"
+REFERRER_PREFIX = b"a\x1f"
+REFERENCES_PREFIX = b"k\x1f"
+INDEX_PREFIX = b"x\x1f"
 
 # Kinds that a kindField declaration (such as an HPA's scaleTargetRef.kind) may name.
 DYNAMIC_TARGET_KINDS = frozenset({"Deployment", "StatefulSet", "ReplicaSet", "ReplicationController"})
@@ -96,16 +103,112 @@ def object_state_key(key: ObjectKey) -> bytes:
     return OBJECT_PREFIX + "\x1f".join(key).encode()
 
 
+def referrer_state_key(cluster: str, uid: str) -> bytes:
+    return REFERRER_PREFIX + f"{cluster}\x1f{uid}".encode()
+
+
+def references_state_key(cluster: str, uid: str) -> bytes:
+    return REFERENCES_PREFIX + f"{cluster}\x1f{uid}".encode()
+
+
+def index_prefix(key: ObjectKey) -> bytes:
+    return INDEX_PREFIX + "\x1f".join(key).encode() + b"\x1f"
+
+
+def strip_for_storage(obj: dict[str, Any]) -> dict[str, Any]:
+    """Return the object without managedFields and the last-applied-configuration annotation."""
+    metadata = obj.get("metadata")
+    if not isinstance(metadata, dict):
+        return obj
+    trimmed = dict(metadata)
+    trimmed.pop("managedFields", None)
+    annotations = trimmed.get("annotations")
+    if isinstance(annotations, dict) and "kubectl.kubernetes.io/last-applied-configuration" in annotations:
+        trimmed["annotations"] = {
+            key: value for key, value in annotations.items() if key != "kubectl.kubernetes.io/last-applied-configuration"
+        }
+    stripped = dict(obj)
+    stripped["metadata"] = trimmed
+    return stripped
+
+
 class ReferenceStore:
     """Projections of referenced objects of one partition, with writes staged until the commit.
 
     `lookup` reads committed state (RocksDB). Staged writes are visible to `get` at once.
     """
 
-    def __init__(self, lookup: Callable[[bytes], bytes | None]) -> None:
+    def __init__(
+        self,
+        lookup: Callable[[bytes], bytes | None],
+        scan: Callable[[bytes], Iterable[bytes]] = lambda prefix: (),
+    ) -> None:
+        """`lookup` reads one committed key and `scan` returns the committed keys with a prefix."""
         self._lookup = lookup
+        self._scan = scan
         self._staged: dict[bytes, bytes | None] = {}
         self._parsed: dict[bytes, Any] = {}
+
+    def _current(self, state_key: bytes) -> bytes | None:
+        return self._staged[state_key] if state_key in self._staged else self._lookup(state_key)
+
+    # Referrers and the index
+
+    def referrer(self, cluster: str, uid: str) -> dict[str, Any] | None:
+        raw = self._current(referrer_state_key(cluster, uid))
+        return orjson.loads(raw) if raw is not None else None
+
+    def put_referrer(self, cluster: str, uid: str, obj: dict[str, Any]) -> None:
+        state_key = referrer_state_key(cluster, uid)
+        raw = orjson.dumps(obj, option=orjson.OPT_SORT_KEYS)
+        if self._current(state_key) != raw:
+            self._staged[state_key] = raw
+
+    def delete_referrer(self, cluster: str, uid: str) -> None:
+        for state_key in (referrer_state_key(cluster, uid), references_state_key(cluster, uid)):
+            if self._current(state_key) is not None:
+                self._staged[state_key] = None
+
+    def references_of(self, cluster: str, uid: str) -> set[ObjectKey]:
+        """Return the objects a referrer referred to at its last change."""
+        raw = self._current(references_state_key(cluster, uid))
+        return {tuple(key) for key in orjson.loads(raw)} if raw is not None else set()
+
+    def set_references(self, cluster: str, uid: str, keys: set[ObjectKey]) -> None:
+        """Record what a referrer refers to now, and update the index for what changed."""
+        old = self.references_of(cluster, uid)
+        if old == keys:
+            return
+        for key in old - keys:
+            self.link(key, cluster, uid, present=False)
+        for key in keys - old:
+            self.link(key, cluster, uid, present=True)
+        self._staged[references_state_key(cluster, uid)] = orjson.dumps(sorted(keys))
+
+    def link(self, referenced: ObjectKey, cluster: str, uid: str, present: bool) -> None:
+        """Add (present) or remove the index entry from a referenced object to a referrer."""
+        state_key = index_prefix(referenced) + f"{cluster}\x1f{uid}".encode()
+        if present:
+            if self._current(state_key) is None:
+                self._staged[state_key] = b""
+        elif self._current(state_key) is not None:
+            self._staged[state_key] = None
+
+    def referrers_of(self, referenced: ObjectKey) -> list[tuple[str, str]]:
+        """Return (cluster, uid) of every object that refers to `referenced`, committed or staged."""
+        prefix = index_prefix(referenced)
+        keys = set(self._scan(prefix))
+        for key, value in self._staged.items():
+            if key.startswith(prefix):
+                if value is None:
+                    keys.discard(key)
+                else:
+                    keys.add(key)
+        referrers = []
+        for key in sorted(keys):
+            cluster, uid = key[len(prefix):].decode().split("\x1f", 1)
+            referrers.append((cluster, uid))
+        return referrers
 
     def get(self, key: ObjectKey) -> dict[str, Any] | None:
         state_key = object_state_key(key)

@@ -72,6 +72,7 @@ class PartitionRuntime:
             next_offset,
             partitions=self.settings.partitions,
             lookup=self.store.get,
+            scan=self.store.scan_keys,
         )
 
     def process(self, records: Sequence[InputRecord], rule_set: RuleSet) -> BatchResult:

@@ -64,6 +64,15 @@ class PartitionStore:
     def get(self, key: bytes) -> bytes | None:
         return self._db.get(key)
 
+    def scan_keys(self, prefix: bytes) -> list[bytes]:
+        """Return the committed keys that start with prefix, in order."""
+        keys = []
+        for key in self._db.keys(from_key=prefix):
+            if not key.startswith(prefix):
+                break
+            keys.append(key)
+        return keys
+
     def load(self) -> tuple[list[Entry], dict[str, int], int]:
         """Return the active entries, the clocks and the next offset to process."""
         entries: list[Entry] = []

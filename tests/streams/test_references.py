@@ -64,7 +64,10 @@ class Harness:
 
     def _new_processor(self, entries, clocks, next_offset):
         return PartitionProcessor("changes", self.partition, RULES, entries, clocks, next_offset,
-                                  partitions=self.partitions, lookup=self.state.get)
+                                  partitions=self.partitions, lookup=self.state.get, scan=self.scan)
+
+    def scan(self, prefix: bytes) -> list[bytes]:
+        return sorted(key for key in self.state if key.startswith(prefix))
 
     def feed(self, value: bytes) -> None:
         result = BatchResult()
@@ -162,14 +165,44 @@ def test_restart_keeps_references_and_dependents():
     assert harness.transitions()[-1] == ("RESOLVED", "PodConfigMapMissing", "recovered")
 
 
-def test_deleted_config_map_counts_as_missing_at_next_pod_change():
+def test_deleted_config_map_makes_referrer_pending():
     harness = Harness()
     harness.feed(record(config_map("site"), T0))
     harness.feed(record(pod_reading(config_map="site"), T0 + 1_000))
     harness.feed(record(config_map("site"), T0 + 2_000, change_type="DELETED"))
-    harness.feed(record(pod_reading(config_map="site"), T0 + 3_000, change_type="MODIFIED"))
-    harness.feed(tick(T0 + 63_000))
+    harness.feed(tick(T0 + 61_999))
+    assert harness.transitions() == []
+    harness.feed(tick(T0 + 62_000))
     assert harness.transitions() == [("FIRING", "PodConfigMapMissing", "")]
+    assert harness.alerts[0]["activeSince"] == T0 + 2_000
+
+
+def ingress(secret_name: str) -> dict:
+    return {"apiVersion": "networking.k8s.io/v1", "kind": "Ingress",
+            "metadata": {"name": "shop", "namespace": "team-a", "uid": "ingress-1"},
+            "spec": {"tls": [{"secretName": secret_name}]}}
+
+
+def test_referenced_state_arriving_later_fires_referrer():
+    harness = Harness()
+    harness.feed(record(ingress("shop-tls"), T0))
+    harness.feed(tick(T0 + 30_000))
+    harness.feed(record(secret("shop-tls", {"tls.crt": "", "tls.key": ""}), T0 + 40_000))
+    harness.feed(tick(T0 + 101_000))
+    # The Secret arrived 40 s after the Ingress, before the missing-Secret rule's 60 s ran out, so
+    # only the rule on the Secret's type fires, from the moment the Secret arrived.
+    assert harness.transitions() == [("FIRING", "IngressTLSSecretNotTLS", "")]
+    assert harness.alerts[0]["activeSince"] == T0 + 40_000
+
+
+def test_deleted_referrer_leaves_no_index():
+    harness = Harness()
+    harness.feed(record(pod_reading(config_map="site"), T0))
+    harness.feed(record(pod_reading(config_map="site"), T0 + 1_000, change_type="DELETED"))
+    assert [key for key in harness.state if key[:2] in (b"a\x1f", b"k\x1f", b"x\x1f")] == []
+    harness.feed(record(config_map("site"), T0 + 2_000))
+    harness.feed(tick(T0 + 600_000))
+    assert harness.transitions() == []
 
 
 def pvc(storage_class: str) -> dict:
