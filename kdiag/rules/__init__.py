@@ -30,9 +30,9 @@ Conditions:
   the condition holds if any reached value satisfies the operators, or every one with
   ``match: all`` (which needs at least one value).
 - Operators: ``equalValue``, ``notEqualValue``, ``prefix``, ``substring`` and ``regex`` (Python
-  ``re.search``) test the string form; ``nilValue`` (absent or null) and ``exists`` (key present,
-  even with null) test presence; ``greaterThan``, ``greaterOrEqual``, ``lessThan`` and
-  ``lessOrEqual`` compare numbers and Kubernetes quantities (500Mi, 100m); ``length`` compares the
+  ``re.search``) test the string form. ``nilValue`` (absent or null) and ``exists`` (key present,
+  even with null) test presence. ``greaterThan``, ``greaterOrEqual``, ``lessThan`` and
+  ``lessOrEqual`` compare numbers and Kubernetes quantities (500Mi, 100m). ``length`` compares the
   length of a string, list or map, for example ``length: {greaterThan: 0}``. A condition with
   several operators needs all of them to hold.
 - Values compare as strings. A string is used as it is, a boolean becomes "true" or "false", a

@@ -164,7 +164,7 @@ BUILTIN_REFERENCE_DOCUMENT: dict[str, dict[str, Any]] = {
             {"field": ["metadata", "name"]},
         ],
     },
-    # The StorageClass a claim asks for, by field or by the beta annotation that
+    # The StorageClass a claim requests, by field or by the beta annotation that
     # older manifests use. A claim without either gets the default StorageClass,
     # if the cluster has one, so it has no reference.
     "PVCStorageClass": {

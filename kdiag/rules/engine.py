@@ -43,7 +43,7 @@ class Match:
 
 @dataclass(frozen=True)
 class DurationSource:
-    """Where a rule reads the time its anomaly started (the rule key durationFrom).
+    """Location of the time an anomaly started in an object (the rule key durationFrom).
 
     The path has the form of a condition's: field with "[*]" steps, and optionally a sub-identifier
     selection. The earliest RFC 3339 timestamp among the values it reaches is the start.

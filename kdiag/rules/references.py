@@ -4,11 +4,11 @@ A rule declares its references under the rule key references. Each declaration h
 of the referenced objects, and one or more sources: paths in the object that hold the referenced
 object's name, with optional paths for a key inside it, its namespace and the optional flag.
 extract_references turns a declaration and an object into ReferenceKeys, and reference_state
-tells whether a referenced object (looked up by the caller) is present, missing, or present
-without the key.
+classifies a referenced object (looked up by the caller) as present, missing, or present without
+the key.
 
-The worker does not resolve references yet, so Rule.evaluate(obj) never matches a rule with a
-reference condition unless the caller passes a resolver.
+Rule.evaluate(obj) never matches a rule with a reference condition. The worker passes a resolver,
+Rule.evaluate(obj, resolve), to evaluate such rules.
 """
 
 from __future__ import annotations
@@ -16,7 +16,6 @@ from __future__ import annotations
 import enum
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
-from pathlib import Path
 from typing import TYPE_CHECKING, Any, NamedTuple
 
 from kdiag.rules.conditions import Check, FieldCondition, compile_check
@@ -32,8 +31,6 @@ NAMESPACE_CLUSTER = "cluster"
 
 # Namespace of an object without metadata.namespace, as kubectl assumes for partial dumps.
 DEFAULT_NAMESPACE = "default"
-
-BUILTIN_REFERENCES_FILE = Path(__file__).with_name("builtin_references.yaml")
 
 # Looks up a referenced object by (kind, namespace, name) and returns it, or None when it does not exist.
 Resolver = Callable[[str, str, str], "Mapping[str, Any] | None"]
@@ -56,7 +53,7 @@ class ReferenceKey(NamedTuple):
 
 
 class ReferenceState(enum.Enum):
-    """What a lookup of a ReferenceKey found."""
+    """Result of looking up a ReferenceKey."""
 
     PRESENT = "present"
     MISSING = "missing"

@@ -23,7 +23,7 @@ class Invalid(Exception):
 
 
 FAILED: Any = object()
-"""What attempt() returns for a section that had a problem."""
+"""Sentinel that attempt() returns for a section that had a problem."""
 
 
 class RuleValidator:

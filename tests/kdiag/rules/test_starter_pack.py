@@ -476,7 +476,7 @@ def test_unauthorized_messages_classified_as_auth(starter_pack: RuleSet, corpus_
 
 
 def test_rate_limit_message_not_not_found(starter_pack: RuleSet, corpus_case: CorpusLoader) -> None:
-    # The message says "Error reading manifest", which is no missing manifest.
+    # The message contains "Error reading manifest", which does not mean that the manifest is missing.
     event = corpus_case("04-image-pull-rate-limit.yaml")[4]
     assert "reading manifest" in event["message"]
     assert fired_rules(starter_pack, event) == {"ImagePullRateLimitedEvent"}
@@ -569,7 +569,8 @@ def test_readiness_probe_near_misses_quiet(message: str, count: int | None, star
 
 def test_secret_missing_not_key_missing(starter_pack: RuleSet, corpus_case: CorpusLoader) -> None:
     event = corpus_case("10-init-createcontainerconfigerror-secret-missing.yaml")[-1]
-    assert "type" not in event and "reason" not in event
+    assert "type" not in event
+    assert "reason" not in event
     assert fired_rules(starter_pack, event) == {"PodSecretNotFoundEvent"}
 
 
@@ -608,7 +609,7 @@ def test_pvc_with_storage_class_not_no_class_rule(starter_pack: RuleSet, corpus_
     claim["spec"]["storageClassName"] = "standard"
     assert fired_rules(starter_pack, claim) == {"PVCPending"}
     claim["spec"]["storageClassName"] = ""
-    # "" asks for a volume without a class, which is a choice and not a missing default class.
+    # "" requests a volume without a class, which is a choice and not a missing default class.
     assert fired_rules(starter_pack, claim) == {"PVCPending"}
 
 
@@ -719,8 +720,6 @@ REFERENCE_CORPUS_EXPECTED: dict[str, set[tuple[str, str]]] = {
     "19-ingress-backend-service-missing.yaml": {("IngressBackendServiceMissing", "Ingress/example-ingress")},
     "20-ingress-tls-secret-not-found.yaml": {("IngressTLSSecretNotTLS", "Ingress/recommender-mltemplate")},
     "29-hpa-missing-cpu-request.yaml": {("HPATargetWithoutCPURequest", "HorizontalPodAutoscaler/nginx-hpa")},
-    # The HPA's target Deployment is not in the dump, so the reference rules cannot tell more.
-    "28-hpa-metrics-api-unavailable.yaml": {("HPATargetMissing", "HorizontalPodAutoscaler/worker")},
     "14-pvc-pending-no-storageclass.yaml": set(),
 }
 
@@ -828,6 +827,13 @@ def test_reference_rules_exercised(starter_pack: RuleSet, corpus_case: CorpusLoa
     fired_names |= {name for name, _ in fired_with_references(starter_pack, [{"kind": "Service", "metadata": {"name": "a", "namespace": "shop"}, "spec": {"selector": {"app": "a"}}}, {"kind": "Endpoints", "metadata": {"name": "a", "namespace": "shop"}}])}
     claim_with_class = {"kind": "PersistentVolumeClaim", "metadata": {"name": "c", "namespace": "shop"}, "spec": {"storageClassName": "x"}, "status": {"phase": "Pending"}}
     fired_names |= {name for name, _ in fired_with_references(starter_pack, [claim_with_class])}
+    hpa_without_target = {
+        "kind": "HorizontalPodAutoscaler",
+        "metadata": {"name": "api", "namespace": "shop"},
+        "spec": {"scaleTargetRef": {"kind": "Deployment", "name": "api"}},
+        "status": {"conditions": [{"type": "AbleToScale", "status": "False", "reason": "FailedGetScale"}]},
+    }
+    fired_names |= {name for name, _ in fired_with_references(starter_pack, [hpa_without_target])}
     ingress_without_secret = [obj for obj in corpus_case("20-ingress-tls-secret-not-found.yaml") if obj["kind"] != "Secret"]
     fired_names |= {name for name, _ in fired_with_references(starter_pack, ingress_without_secret)}
     reference_rules = {rule.name for rule in starter_pack if rule.uses_references}
