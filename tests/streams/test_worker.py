@@ -38,6 +38,8 @@ EXPECTED_CORPUS_ALERTS = {
     ("26-deployment-progress-deadline-exceeded", "DeploymentProgressDeadlineExceeded", "Deployment", "app-gui"),
     ("28-hpa-metrics-api-unavailable", "HPAMetricsUnavailable", "HorizontalPodAutoscaler", "worker"),
     ("29-hpa-missing-cpu-request", "HPAMetricsUnavailable", "HorizontalPodAutoscaler", "nginx-hpa"),
+    ("19-ingress-backend-service-missing", "IngressBackendServiceMissing", "Ingress", "example-ingress"),
+    ("29-hpa-missing-cpu-request", "HPATargetWithoutCPURequest", "HorizontalPodAutoscaler", "nginx-hpa"),
     ("01-image-tag-not-found", "ImagePullNotFoundEvent", "Event", "registry-v1-j6noi."),
     ("02-image-pull-unauthorized", "ImagePullUnauthorizedEvent", "Event", "policy-enforcer-5888cf98bf-xzklp."),
     ("04-image-pull-rate-limit", "ImagePullRateLimitedEvent", "Event", "kafdrop-1-j4969."),
@@ -52,6 +54,7 @@ EXPECTED_CORPUS_ALERTS = {
     ("17-service-terminating-lb-finalizer", "ServiceLoadBalancerCleanupStuck", "Service", "ingress-nginx-controller"),
     ("28-hpa-metrics-api-unavailable", "HPAResourceMetricsAPIUnavailable", "HorizontalPodAutoscaler", "worker"),
     ("29-hpa-missing-cpu-request", "HPATargetMissingResourceRequest", "HorizontalPodAutoscaler", "nginx-hpa"),
+    ("20-ingress-tls-secret-not-found", "IngressTLSSecretNotTLS", "Ingress", "recommender-mltemplate"),
 }
 
 
@@ -225,3 +228,74 @@ def test_bad_records_dead_lettered(pipeline, tmp_path: Path):
     assert all(letter["origin"].startswith(f"{settings.changes_topic}[") for letter in worker_letters)
     assert {letter["origin"] for letter in replay_letters} >= {f"{history_file}:1"}
     assert all(letter["reason"] for letter in replay_letters)
+
+
+def reference_history(path: Path) -> None:
+    """Write watch events in which references go missing, appear later, and lack keys, in 8 namespaces."""
+    events = []
+
+    def add(change_type: str, obj: dict, second: int) -> None:
+        events.append({"type": change_type, "object": obj, "time": f"2021-03-01T10:{second // 60:02d}:{second % 60:02d}Z"})
+
+    for number in range(8):
+        namespace = f"team-{number}"
+
+        def meta(name: str) -> dict:
+            return {"name": name, "namespace": namespace, "uid": f"{namespace}-{name}"}
+
+        container = {"name": "app", "image": "nginx", "env": [
+            {"name": "DB_PASSWORD", "valueFrom": {"secretKeyRef": {"name": "db", "key": "password"}}}]}
+        add("ADDED", {"apiVersion": "v1", "kind": "Secret", "metadata": meta("db"), "type": "Opaque",
+                      "data": {"username": ""}}, number)
+        add("ADDED", {"apiVersion": "v1", "kind": "Pod", "metadata": meta("api-0"),
+                      "spec": {"containers": [container], "volumes": [{"name": "c", "configMap": {"name": "api-config"}}]},
+                      "status": {"phase": "Pending"}}, 10 + number)
+        add("ADDED", {"apiVersion": "v1", "kind": "Pod", "metadata": meta("web-0"),
+                      "spec": {"containers": [{"name": "web", "image": "nginx"}],
+                               "volumes": [{"name": "c", "configMap": {"name": "web-config"}}]},
+                      "status": {"phase": "Pending"}}, 20 + number)
+        add("ADDED", {"apiVersion": "networking.k8s.io/v1", "kind": "Ingress", "metadata": meta("shop"),
+                      "spec": {"rules": [{"http": {"paths": [{"path": "/", "backend": {
+                          "service": {"name": "shop", "port": {"number": 80}}}}]}}]}}, 30 + number)
+        # web-config arrives 30 s after web-0 in even namespaces, before the 60 s pending rule fires,
+        # and 90 s after it in odd ones, after the rule fired.
+        add("ADDED", {"apiVersion": "v1", "kind": "ConfigMap", "metadata": meta("web-config"), "data": {"a": ""}},
+            20 + number + (30 if number % 2 == 0 else 90))
+    events.sort(key=lambda event: event["time"])
+    path.write_text("".join(orjson.dumps(event).decode() + "\n" for event in events))
+
+
+def wait_until_assigned(pipeline, workers: int, timeout_seconds: float = 120) -> None:
+    deadline = time.monotonic() + timeout_seconds
+    while time.monotonic() < deadline:
+        logs = [path.read_text() for path in sorted(pipeline.log_dir.glob("worker-*.log"))]
+        if len(logs) == workers and all('"partitions assigned"' in log for log in logs):
+            return
+        time.sleep(0.5)
+    raise AssertionError(f"{workers} workers did not join within {timeout_seconds} s:\n{pipeline.worker_log()[-3000:]}")
+
+
+def test_references_same_with_one_and_three_workers(make_pipeline, tmp_path: Path):
+    history = tmp_path / "references.jsonl"
+    reference_history(history)
+    runs = {}
+    for workers in (1, 3):
+        pipeline = make_pipeline(f"w{workers}")
+        for _ in range(workers):
+            pipeline.start_worker()
+        wait_until_assigned(pipeline, workers)
+        pipeline.replay(str(history), "--cluster", "refs", "--hold", "1h")
+        runs[workers] = sorted(alert_identity(alert) for alert in pipeline.wait_for_alerts())
+
+    assert runs[1] == runs[3]
+    firing = {(alert[2], alert[5], alert[6]) for alert in runs[1] if alert[1] == "FIRING"}
+    for number in range(8):
+        namespace = f"team-{number}"
+        assert ("PodConfigMapMissing", namespace, "api-0") in firing
+        assert ("PodSecretKeyMissing", namespace, "api-0") in firing
+        assert ("PodSecretMissing", namespace, "api-0") not in firing
+        assert ("IngressBackendServiceMissing", namespace, "shop") in firing
+        web_fired = ("PodConfigMapMissing", namespace, "web-0") in firing
+        assert web_fired == (number % 2 == 1), f"web-0 of {namespace}"
+    resolved = {(alert[2], alert[5], alert[6], alert[12]) for alert in runs[1] if alert[1] == "RESOLVED"}
+    assert {("PodConfigMapMissing", f"team-{number}", "web-0", "recovered") for number in (1, 3, 5, 7)} <= resolved
