@@ -8,6 +8,7 @@ explicit records and timestamps.
 from __future__ import annotations
 
 import logging
+import heapq
 import time
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
@@ -21,6 +22,7 @@ from kdiag.model import topic_key
 from kdiag.partitioning import partition_for_key
 from kdiag.rules.kinds import CLUSTER_SCOPED_KINDS
 from kdiag.rules.references import extract_references
+from kdiag.rules.schedule import next_check_ms
 from streams.references import DYNAMIC_TARGET_KINDS, ObjectKey, ReferencePlan, ReferenceStore, strip_for_storage
 from kdiag.errors import DecodeError, KdiagError
 from kdiag.rules import RuleSet
@@ -79,6 +81,10 @@ class PartitionProcessor:
         self.next_offset = next_offset
         self.references = ReferenceStore(lookup, scan)
         self.plan = ReferencePlan.from_rule_set(rule_set)
+        # Periodic checks per cluster: a heap of (due time, uid, rule), and what is on it.
+        self._checks: dict[str, list[tuple[int, str, str]]] = {}
+        self._scheduled: set[tuple[str, str, str]] = set()
+        self._schedule_stored_objects()
         self._clocks_changed: set[str] = set()
         self._offset_changed = False
         self._started = False
@@ -136,6 +142,7 @@ class PartitionProcessor:
         result.alerts.extend(self.tracker.advance(cluster, time_ms))
         if self.tracker.clocks.get(cluster) != before:
             self._clocks_changed.add(cluster)
+        self._run_due_checks(cluster, result)
 
     def _apply_change(self, offset: int, change: dict[str, Any], result: BatchResult) -> None:
         result.changes += 1
@@ -156,11 +163,12 @@ class PartitionProcessor:
         referenced = self.plan.references(ref.kind)
         if change["changeType"] == "DELETED":
             result.alerts.extend(self.tracker.delete(ref, time_ms))
-            if self._reference_rules(ref.kind):
+            if self._reference_rules(ref.kind) or self._has_periodic_rules(ref.kind):
                 self._forget_referrer(cluster, ref.uid)
             if referenced and self.references.delete(object_key):
                 result.alerts.extend(self._recheck_referrers(object_key, time_ms))
             return
+        self._run_due_checks(cluster, result, until_ms=time_ms)
         rules = self.rule_set.rules_for_kind(ref.kind)
         if not rules and not referenced:
             result.alerts.extend(self.tracker.advance(cluster, time_ms))
@@ -181,7 +189,11 @@ class PartitionProcessor:
         resolve = self.references.resolver(cluster)
         results = []
         reference_rules = []
+        periodic_rules = []
         for rule in rules:
+            if rule.every_seconds is not None:
+                periodic_rules.append(rule)  # Evaluated at its check times only, not on changes.
+                continue
             if rule.uses_references:
                 reference_rules.append(rule)
                 match = rule.evaluate(obj, resolve) if self._can_resolve(rule, cluster) else None
@@ -192,6 +204,10 @@ class PartitionProcessor:
         result.alerts.extend(self.tracker.observe(ref, time_ms, results))
         if reference_rules:
             self._remember_referrer(ref, obj, reference_rules)
+        elif periodic_rules:
+            self.references.put_referrer(cluster, ref.uid, strip_for_storage(obj))
+        for rule in periodic_rules:
+            self._schedule(cluster, ref.uid, rule, time_ms)
 
     # References
 
@@ -218,7 +234,10 @@ class PartitionProcessor:
         resolve = self.references.resolver(ref.cluster)
         results = []
         for rule in rules:
-            match = rule.evaluate(obj, resolve) if self._can_resolve(rule, ref.cluster) else None
+            if not rule.uses_references:
+                match = rule.evaluate(obj)
+            else:
+                match = rule.evaluate(obj, resolve) if self._can_resolve(rule, ref.cluster) else None
             start_ms = rule.active_since_ms(obj) if match is not None and rule.duration_from is not None else None
             results.append((rule.name, rule.duration_seconds, match, start_ms))
         return self.tracker.observe(ref, time_ms, results)
@@ -244,21 +263,64 @@ class PartitionProcessor:
             obj = self.references.referrer(cluster, uid)
             if obj is None:
                 continue
-            rules = self._reference_rules(obj.get("kind", ""))
-            if not rules:
-                continue
-            metadata = obj.get("metadata", {})
-            ref = ObjectRef(
-                cluster=cluster,
-                api_version=obj.get("apiVersion", ""),
-                kind=obj.get("kind", ""),
-                namespace=metadata.get("namespace", ""),
-                name=metadata.get("name", ""),
-                uid=uid,
-                resource_version=str(metadata.get("resourceVersion", "")),
-            )
-            events.extend(self._evaluate_references(ref, obj, rules, time_ms))
+            rules = [rule for rule in self._reference_rules(obj.get("kind", "")) if rule.every_seconds is None]
+            if rules:
+                events.extend(self._evaluate_stored(cluster, uid, obj, rules, time_ms))
         return events
+
+    # Periodic checks
+
+    def _has_periodic_rules(self, kind: str) -> bool:
+        return any(rule.every_seconds is not None for rule in self.rule_set.rules_for_kind(kind))
+
+    def _schedule(self, cluster: str, uid: str, rule: Any, after_ms: int) -> None:
+        if (cluster, uid, rule.name) in self._scheduled:
+            return
+        due_ms = next_check_ms(rule.name, uid, after_ms, rule.every_seconds, rule.jitter)
+        heapq.heappush(self._checks.setdefault(cluster, []), (due_ms, uid, rule.name))
+        self._scheduled.add((cluster, uid, rule.name))
+
+    def _schedule_stored_objects(self) -> None:
+        """Schedule the periodic checks of stored objects, from each cluster's clock, after a restart."""
+        if not any(rule.every_seconds is not None for rule in self.rule_set):
+            return
+        for cluster, uid, obj in self.references.stored_objects():
+            after_ms = self.tracker.clock(cluster)
+            if after_ms is None:
+                continue
+            for rule in self.rule_set.rules_for_kind(obj.get("kind", "")):
+                if rule.every_seconds is not None:
+                    self._schedule(cluster, uid, rule, after_ms)
+
+    def _run_due_checks(self, cluster: str, result: BatchResult, until_ms: int | None = None) -> None:
+        """Run the periodic checks of a cluster that are due at its clock, or at until_ms if later."""
+        heap = self._checks.get(cluster)
+        clock = self.tracker.clocks.get(cluster)
+        if not heap or clock is None:
+            return
+        limit = clock if until_ms is None else max(clock, until_ms)
+        while heap and heap[0][0] <= limit:
+            due_ms, uid, rule_name = heapq.heappop(heap)
+            self._scheduled.discard((cluster, uid, rule_name))
+            rule = self.rule_set.get(rule_name)
+            obj = self.references.referrer(cluster, uid)
+            if rule is None or rule.every_seconds is None or obj is None:
+                continue  # The rule or the object is gone: the check ends with it.
+            result.alerts.extend(self._evaluate_stored(cluster, uid, obj, [rule], due_ms))
+            self._schedule(cluster, uid, rule, due_ms)
+
+    def _evaluate_stored(self, cluster: str, uid: str, obj: dict[str, Any], rules: list[Any], time_ms: int) -> list[AlertEvent]:
+        metadata = obj.get("metadata", {})
+        ref = ObjectRef(
+            cluster=cluster,
+            api_version=obj.get("apiVersion", ""),
+            kind=obj.get("kind", ""),
+            namespace=metadata.get("namespace", ""),
+            name=metadata.get("name", ""),
+            uid=uid,
+            resource_version=str(metadata.get("resourceVersion", "")),
+        )
+        return self._evaluate_references(ref, obj, rules, time_ms)
 
     def _dead_letter(self, result: BatchResult, offset: int, reason: str, payload: bytes) -> None:
         origin = f"{self.topic}[{self.partition}]@{offset}"

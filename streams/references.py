@@ -194,6 +194,14 @@ class ReferenceStore:
         elif self._current(state_key) is not None:
             self._staged[state_key] = None
 
+    def stored_objects(self) -> Iterable[tuple[str, str, dict[str, Any]]]:
+        """Yield (cluster, uid, object) of every committed referrer or periodically checked object."""
+        for state_key in self._scan(REFERRER_PREFIX):
+            raw = self._lookup(state_key)
+            if raw is not None:
+                cluster, uid = state_key[len(REFERRER_PREFIX):].decode().split("\x1f", 1)
+                yield cluster, uid, orjson.loads(raw)
+
     def referrers_of(self, referenced: ObjectKey) -> list[tuple[str, str]]:
         """Return (cluster, uid) of every object that refers to `referenced`, committed or staged."""
         prefix = index_prefix(referenced)

@@ -5,8 +5,9 @@ from pathlib import Path
 import orjson
 
 from kdiag.codec import codec
-from kdiag.rules import load_rules
+from kdiag.rules import RuleSet, load_rules, parse_rules
 from streams.processor import BatchResult, PartitionProcessor
+from kdiag.rules.schedule import next_check_ms
 from streams.references import OBJECT_PREFIX
 
 RULES = load_rules([Path(__file__).resolve().parents[2] / "rules" / "references.yaml"])
@@ -225,3 +226,65 @@ def test_cluster_scoped_reference_resolves_only_on_owner_partition():
     owning.feed(record(pvc("fast"), T0))
     owning.feed(tick(T0 + 600_000))
     assert owning.transitions() == [("FIRING", "PVCStorageClassMissing", "")]
+
+
+PERIODIC_RULES = RuleSet(parse_rules({
+    "PodPendingChecked": {
+        "resource": "Pod",
+        "every": 60,
+        "jitter": 0,
+        "checkField": [{"field": ["status", "phase"], "equalValue": ["Pending"]}],
+    }
+}, source="test"))
+
+
+def periodic_harness() -> Harness:
+    harness = Harness()
+    harness.processor = PartitionProcessor("changes", 0, PERIODIC_RULES, [], {}, 0, lookup=harness.state.get, scan=harness.scan)
+    return harness
+
+
+def running(obj: dict) -> dict:
+    changed = dict(obj)
+    changed["status"] = {"phase": "Running"}
+    return changed
+
+
+def test_periodic_rule_runs_at_check_times_only():
+    first_check = next_check_ms("PodPendingChecked", "pod-1", T0, 60, 0)
+    harness = periodic_harness()
+    harness.feed(record(pod_reading(), T0))
+    assert harness.transitions() == []
+    harness.feed(tick(first_check - 1))
+    assert harness.transitions() == []
+    harness.feed(tick(first_check))
+    assert harness.transitions() == [("FIRING", "PodPendingChecked", "")]
+    assert harness.alerts[0]["activeSince"] == first_check
+
+    harness.feed(record(running(pod_reading()), first_check + 10_000, change_type="MODIFIED"))
+    assert len(harness.alerts) == 1  # A change alone does not evaluate a periodic rule.
+    harness.feed(tick(first_check + 60_000))
+    assert harness.transitions()[-1] == ("RESOLVED", "PodPendingChecked", "recovered")
+    assert harness.alerts[-1]["resolvedAt"] == first_check + 60_000
+
+
+def test_periodic_checks_survive_restart():
+    first_check = next_check_ms("PodPendingChecked", "pod-1", T0, 60, 0)
+    harness = periodic_harness()
+    harness.feed(record(pod_reading(), T0))
+    harness.feed(tick(first_check - 1))
+    harness.processor = PartitionProcessor(
+        "changes", 0, PERIODIC_RULES, [], {"c1": first_check - 1}, int(harness.state[b"o"]),
+        lookup=harness.state.get, scan=harness.scan,
+    )
+    harness.feed(tick(first_check))
+    assert harness.transitions() == [("FIRING", "PodPendingChecked", "")]
+
+
+def test_periodic_checks_stop_after_delete():
+    harness = periodic_harness()
+    harness.feed(record(pod_reading(), T0 + 1_000))
+    harness.feed(record(pod_reading(), T0 + 2_000, change_type="DELETED"))
+    harness.feed(tick(T0 + 600_000))
+    assert harness.transitions() == []
+    assert [key for key in harness.state if key.startswith(b"a\x1f")] == []
