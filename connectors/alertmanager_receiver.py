@@ -1,9 +1,9 @@
 """`kdiag receive alertmanager`: an HTTP server that turns Alertmanager webhooks into events.
 
 Point an Alertmanager webhook receiver at http://<host>:<port>/alertmanager with send_resolved: true.
-Each alert of a payload becomes one Event on the events topic, keyed by its alertname (the rule), and
-the server answers 200 only after Kafka acknowledged every event, so Alertmanager retries a
-notification that failed (503). A malformed payload goes to the dead-letter topic with the reason and
+Each alert of a payload becomes one Event on the events topic, keyed by its alertname (the rule).
+The server responds 200 only after Kafka acknowledged every event, and 503 otherwise, so that
+Alertmanager retries the notification. A malformed payload goes to the dead-letter topic with the reason and
 gets 400, which Alertmanager does not retry.
 """
 
@@ -203,7 +203,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         type=float,
         default=10.0,
         metavar="SECONDS",
-        help="how long to wait for Kafka to acknowledge a webhook's events before answering 503 (default 10)",
+        help="how long to wait for Kafka to acknowledge a webhook's events before responding 503 (default 10)",
     )
 
 

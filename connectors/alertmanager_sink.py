@@ -131,8 +131,8 @@ class ActiveAlerts:
 class AlertmanagerClient:
     """Posts alerts to one Alertmanager with a timeout per request and retries with backoff.
 
-    Connection errors, timeouts and 5xx answers are retried; other answers are not, because posting
-    the same body again would fail the same way.
+    Connection errors, timeouts and 5xx responses are retried. Other responses are not, because
+    posting the same body again would fail the same way.
     """
 
     url: str

@@ -39,7 +39,7 @@ RESOLVE_REASON_EXPIRED = "expired"
 
 
 def application_key(tenant: str, namespace: str, application: str) -> str | None:
-    """Return the key that tells applications apart: by tenant, or by namespace without a tenant."""
+    """Return the key that identifies an application: by tenant, or by namespace without a tenant."""
     if not application:
         return None
     return f"{tenant or namespace}/{application}"
@@ -56,7 +56,8 @@ class AlertCenter:
 
     `clock`, if given, returns the current event time in ms for advance() calls without `now_ms`.
     `namespace_labels(cluster, namespace)`, if given, returns a namespace's labels for the tenant
-    lookup. It must answer the same on a restarted worker, or restored alerts may get other tenants.
+    lookup. It must return the same labels on a restarted worker, or restored alerts may get other
+    tenants.
     """
 
     def __init__(
@@ -205,8 +206,8 @@ class AlertCenter:
     # Transitions
 
     def _member_expiry(self, event: Event) -> int | None:
-        # Only Kubernetes Events lack a RESOLVED counterpart. Alertmanager's endsAt of a firing alert
-        # is only a few evaluation intervals ahead while its repeats come hours apart, so it is not used.
+        # Only Kubernetes Events lack a RESOLVED counterpart. Alertmanager's webhook sends firing alerts
+        # with endsAt unset (Go's zero time) and a resolved notification when they end.
         if event.source == KUBERNETES_EVENT:
             return event.observed_time_ms + self._config.stale_after_ms
         return None
@@ -296,6 +297,7 @@ class AlertCenter:
             rule.episode_start_ms = now
             self._prune_history(rule, now)
         rule.firing.append(entry.fingerprint)
+
         affected_more = False
         key = application_key(entry.tenant, entry.namespace, entry.application)
         if key is not None and key not in rule.applications:
@@ -306,9 +308,11 @@ class AlertCenter:
             affected_more = True
         if affected_more:
             self._escalate(rule, now)
+
         entry.level = level_of(entry.base_level, rule)
         entry.level_reason = rule.escalation_reason if entry.level != entry.base_level else ""
         state.put_rule(rule)
+
         outputs = [self._graded(FIRING, now, entry, state)]
         for fingerprint in rule.firing:
             other = state.alerts.get(fingerprint)

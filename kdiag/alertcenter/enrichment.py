@@ -6,9 +6,9 @@ the chain is inferred from Kubernetes' naming conventions (ownerSource "naming")
 
 - a Deployment's ReplicaSet is named <deployment>-<pod-template-hash>, and its Pods
   <replicaset>-<5 random characters>. The hash is taken from the pod-template-hash label when the
-  object has it. Without the label, both parts must consist only of the characters Kubernetes uses
-  for generated names (consonants and the digits 2, 4-9), 6 to 10 for the hash and 5 for the suffix,
-  so ordinary words such as "exporter" are not mistaken for a hash;
+  object has it. Without the label, the hash (6 to 10 characters) and the suffix (5) must consist
+  only of the characters Kubernetes uses for generated names: consonants and the digits 2, 4-9.
+  So ordinary words such as "exporter" are not mistaken for a hash;
 - a StatefulSet's Pods are named <statefulset>-<ordinal> and carry the label
   statefulset.kubernetes.io/pod-name;
 - a DaemonSet's Pods are named <daemonset>-<5 random characters> and carry the label

@@ -153,8 +153,8 @@ def test_malformed_webhook_dead_lettered_with_400(receiver):
 
 
 def test_flapping_alerts_through_broker_stay_one(receiver, unique_name):
-    """Webhooks with flapping reasons go through the receiver and a consumer loop that calls the alert
-    center and produces transactionally, like the stream agent will; the output topic has one alert."""
+    """Send webhooks with flapping reasons through the receiver and a consumer loop around the alert
+    center that produces transactionally, as the stream agent will. The output has one alert."""
     settings, events_topic, port = receiver
     graded_topic = f"{unique_name}-graded"
     create_topics(settings.bootstrap_servers, graded_topic)

@@ -25,7 +25,7 @@ T0 = parse_time_ms("2024-03-01T10:00:00Z")
 
 
 class FakeAlertmanager:
-    """Records the bodies of POST /api/v2/alerts and answers with the queued statuses, then 200."""
+    """Records the bodies of POST /api/v2/alerts and responds with the queued statuses, then 200."""
 
     def __init__(self) -> None:
         self.bodies: list[list[dict]] = []

@@ -58,7 +58,7 @@ ROOT_CAUSE = {
     "findings": [],
 }
 
-# Alertmanager's webhook body, version 4, as its documentation describes it.
+# An Alertmanager webhook body of version 4. Firing alerts carry Go's zero time as endsAt.
 ALERTMANAGER_PAYLOAD = {
     "version": "4",
     "groupKey": '{}:{alertname="KubePodCrashLooping"}',
