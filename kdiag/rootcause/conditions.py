@@ -21,6 +21,7 @@ Example: ``{node: classify, field: category, in: [unauthorized, rate-limited]}``
 
 from __future__ import annotations
 
+import difflib
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from typing import Any
@@ -171,7 +172,9 @@ def _parse(value: Any, path: str, known_nodes: set[str], report: _Counter) -> Co
 def _parse_test(value: Mapping[str, Any], path: str, known_nodes: set[str], report: _Counter) -> Condition:
     unknown = [key for key in value if key not in TEST_KEYS]
     for key in unknown:
-        report(f"{path}.{key}", f"unknown key. Valid keys are {', '.join(TEST_KEYS)}, or one of {', '.join(COMBINATORS)}")
+        problem = f"unknown key. Valid keys are {', '.join(TEST_KEYS)}, or one of {', '.join(COMBINATORS)}"
+        close = difflib.get_close_matches(str(key), (*TEST_KEYS, *COMBINATORS), n=1)
+        report(f"{path}.{key}", f"{problem}. Did you mean {close[0]}?" if close else problem)
     node = value.get("node")
     if node is None:
         report(path, "missing required key node (the name of the node whose finding is tested)")

@@ -49,7 +49,7 @@ CATEGORIES: tuple[tuple[str, tuple[str, ...]], ...] = (
     (
         "unauthorized",
         (
-            r"unauthorized",
+            r"[Uu]nauthorized",
             r"[Aa]uthentication required",
             r"pull access denied",
             r"requested access to the resource is denied",
