@@ -24,6 +24,10 @@ SUBCOMMANDS: dict[str, tuple[str, str]] = {
     "replay": ("connectors.replay", "publish recorded history files to the changes topic"),
     "alerts": ("connectors.alerts", "print alerts from the alerts topic"),
     "topics": ("kdiag.topics_command", "create kdiag's topics"),
+    "receive": ("connectors.alertmanager_receiver", "receive Alertmanager webhooks and publish them as events"),
+    "sink": ("connectors.alertmanager_sink", "push graded alerts to Alertmanager's v2 API"),
+    "ack": ("connectors.ack", "acknowledge a graded alert"),
+    "stats": ("kdiag.stats_command", "print MTTD, MTTA and MTTR per rule and level"),
 }
 
 

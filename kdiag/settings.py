@@ -24,6 +24,10 @@ class Settings:
     alerts_topic: str = "kdiag-alerts"
     dead_letter_topic: str = "kdiag-dead-letters"
     rules_topic: str = "kdiag-rules"
+    # Alert center: events from every source in, graded alerts out, acknowledgements as actions.
+    events_topic: str = "kdiag-events"
+    graded_alerts_topic: str = "kdiag-graded-alerts"
+    actions_topic: str = "kdiag-actions"
     partitions: int = 6
     replication_factor: int = 1
     # Worker.
