@@ -16,7 +16,7 @@ A graph document maps graph names to graph bodies, in the style of rule document
         when: {node: classify, field: category, equals: unauthorized}
         timeout: 2              # seconds, default 2 (or the remote plugin's timeout)
         isolation: process      # Python plugins only: inline (default) or process
-      verdicts:                 # the first whose `when` holds wins; no `when` always holds
+      verdicts:                 # the first whose `when` is true wins; no `when` always matches
       - when: {node: secrets, field: status, equals: missing}
         cause: image-pull-secret-missing
         responsibility: USER    # USER, PLATFORM or UNKNOWN

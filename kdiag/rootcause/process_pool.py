@@ -47,7 +47,7 @@ class WorkerGone(Exception):
 
 
 class WorkerTimeout(Exception):
-    """The call's deadline passed before the worker answered."""
+    """The call's deadline passed before the worker responded."""
 
 
 class WorkerProtocolError(Exception):

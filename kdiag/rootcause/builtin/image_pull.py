@@ -7,7 +7,7 @@ containers, and classifies each one by the first category whose patterns match, 
 2. rate-limited: the registry throttled the pull (toomanyrequests, HTTP 429).
 3. not-found: the tag, manifest or repository does not exist. Checked before unauthorized because
    Docker's old message adds "this may be because there are no credentials on this request" to
-   every failed pull, while the details say "Tag ... not found".
+   every failed pull, while the details name the missing tag ("Tag ... not found").
 4. invalid-name: the image reference cannot be parsed.
 5. unauthorized: the registry rejected the credentials or asked for some. Docker Hub answers
    "pull access denied ... repository does not exist or may require 'docker login'" for private
@@ -141,7 +141,12 @@ def classify_image_pull(context: DiagnosisContext, inputs: Mapping[str, Finding]
             best = (priority, category, detail, candidate)
 
     values = {"category": "unknown", "evidence": "0", "messages": str(len(candidates))}
-    chosen = best[3] if best is not None else (candidates[0] if candidates else ("", "", "", "", ""))
+    if best is not None:
+        chosen = best[3]
+    elif candidates:
+        chosen = candidates[0]
+    else:
+        chosen = ("", "", "", "", "")
     message, source, container, image, node = chosen
     if best is not None:
         values.update(category=best[1], detail=best[2], evidence=str(evidence[best[1]]))

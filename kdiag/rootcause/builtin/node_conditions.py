@@ -1,8 +1,8 @@
 """The node condition check: is the node under disk, memory or PID pressure, not ready, or cordoned?
 
-The nodes checked are: the subject itself when it is a Node; otherwise the subject pod's node (or
-the node an Event came from); and for a pod not yet scheduled, the tainted nodes in related.nodes.
-The finding reports the most severe problem among them, in the order of SEVERITY.
+A Node subject is checked itself. For a pod, the plugin checks its node, or the node an Event came
+from. For a pod that is not scheduled yet, it checks the tainted nodes in related.nodes. The
+finding reports the most severe problem among them, in the order of SEVERITY.
 """
 
 from __future__ import annotations
@@ -33,11 +33,11 @@ CONDITION_TAINTS = {
 def check_node_conditions(context: DiagnosisContext, inputs: Mapping[str, Finding]) -> dict[str, str]:
     """Report the most severe condition of the nodes involved: NotReady, a pressure, or Unschedulable."""
     subject = context.subject()
-    nodes, wanted = _nodes_to_check(context, subject)
+    nodes, node_name = _nodes_to_check(context, subject)
     if not nodes:
         values = {"condition": "unknown", "nodeKnown": "false", "detail": "the node is not known"}
-        if wanted:
-            values["node"] = wanted
+        if node_name:
+            values["node"] = node_name
         return values
 
     worst: tuple[int, str, Mapping[str, Any], Mapping[str, Any]] | None = None
@@ -69,12 +69,12 @@ def _nodes_to_check(context: DiagnosisContext, subject: Mapping[str, Any]) -> tu
     if subject.get("kind") == "Node":
         return [subject], kube.name_of(subject)
     related = context.related
-    wanted = str(kube.mapping(subject.get("spec")).get("nodeName", ""))
-    if not wanted and context.obj.get("kind") == "Event":
-        wanted = str(kube.mapping(context.obj.get("source")).get("host", ""))
+    node_name = str(kube.mapping(subject.get("spec")).get("nodeName", ""))
+    if not node_name and context.obj.get("kind") == "Event":
+        node_name = str(kube.mapping(context.obj.get("source")).get("host", ""))
     known = {kube.name_of(node): node for node in related.all_nodes()}
-    if wanted:
-        return ([known[wanted]] if wanted in known else []), wanted
+    if node_name:
+        return ([known[node_name]] if node_name in known else []), node_name
     # A pod that is not scheduled: the tainted nodes that may block it.
     return list(known.values()), ""
 

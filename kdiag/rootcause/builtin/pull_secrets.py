@@ -9,7 +9,7 @@ from kdiag.rootcause.context import DiagnosisContext
 from kdiag.rootcause.findings import Finding
 from kdiag.rootcause.plugins import plugin
 
-# Secret type -> the key that holds the credentials.
+# Secret type -> the key that contains the credentials.
 PULL_SECRET_TYPES = {"kubernetes.io/dockerconfigjson": ".dockerconfigjson", "kubernetes.io/dockercfg": ".dockercfg"}
 
 

@@ -5,11 +5,11 @@ The workload is the subject itself when it is one, or else the first one in the 
 
 - stalled: a Deployment's Progressing condition is False with ProgressDeadlineExceeded;
 - rolling-out: the controller has not observed the latest generation, or fewer replicas run the
-  latest template than are wanted;
-- complete: every wanted replica runs the latest template;
+  latest template than desired;
+- complete: every desired replica runs the latest template;
 - unknown: no workload is known.
 
-replicaFailure holds the reason and message of a True ReplicaFailure condition (a quota or an
+replicaFailure is the reason and message of a True ReplicaFailure condition (a quota or an
 admission webhook that rejects new pods).
 """
 
@@ -71,12 +71,12 @@ def owner_rollout_status(context: DiagnosisContext, inputs: Mapping[str, Finding
 
 def _deployment(workload: Mapping[str, Any], spec: Mapping[str, Any], status: Mapping[str, Any]) -> dict[str, Any]:
     progressing = kube.condition(workload, "Progressing")
-    wanted = spec.get("replicas", status.get("replicas"))
+    desired = spec.get("replicas", status.get("replicas"))
     updated = status.get("updatedReplicas", 0)
     values: dict[str, Any] = {
         "revision": str(kube.mapping(kube.mapping(workload.get("metadata")).get("annotations")).get("deployment.kubernetes.io/revision", "")),
         "replicas": _text(status.get("replicas")),
-        "wantedReplicas": _text(wanted),
+        "desiredReplicas": _text(desired),
         "updatedReplicas": _text(status.get("updatedReplicas")),
         "readyReplicas": _text(status.get("readyReplicas")),
         "availableReplicas": _text(status.get("availableReplicas")),
@@ -91,7 +91,7 @@ def _deployment(workload: Mapping[str, Any], spec: Mapping[str, Any], status: Ma
     if progressing.get("status") == "False" and progressing.get("reason") == "ProgressDeadlineExceeded":
         values["state"] = "stalled"
     else:
-        values["behind"] = _behind(updated, wanted) or bool(status.get("unavailableReplicas"))
+        values["behind"] = _behind(updated, desired) or bool(status.get("unavailableReplicas"))
     return values
 
 
@@ -101,7 +101,7 @@ def _stateful_set(spec: Mapping[str, Any], status: Mapping[str, Any]) -> dict[st
         "revision": str(update),
         "currentRevision": str(current),
         "replicas": _text(status.get("replicas")),
-        "wantedReplicas": _text(spec.get("replicas")),
+        "desiredReplicas": _text(spec.get("replicas")),
         "updatedReplicas": _text(status.get("updatedReplicas")),
         "readyReplicas": _text(status.get("readyReplicas")),
         "availableReplicas": _text(status.get("availableReplicas")),
@@ -110,19 +110,19 @@ def _stateful_set(spec: Mapping[str, Any], status: Mapping[str, Any]) -> dict[st
 
 
 def _daemon_set(status: Mapping[str, Any]) -> dict[str, Any]:
-    wanted = status.get("desiredNumberScheduled")
+    desired = status.get("desiredNumberScheduled")
     return {
-        "wantedReplicas": _text(wanted),
+        "desiredReplicas": _text(desired),
         "updatedReplicas": _text(status.get("updatedNumberScheduled")),
         "readyReplicas": _text(status.get("numberReady")),
         "availableReplicas": _text(status.get("numberAvailable")),
         "unavailableReplicas": _text(status.get("numberUnavailable")),
-        "behind": _behind(status.get("updatedNumberScheduled", 0), wanted) or bool(status.get("numberUnavailable")),
+        "behind": _behind(status.get("updatedNumberScheduled", 0), desired) or bool(status.get("numberUnavailable")),
     }
 
 
-def _behind(count: Any, wanted: Any) -> bool:
-    return isinstance(count, int) and isinstance(wanted, int) and count < wanted
+def _behind(count: Any, desired: Any) -> bool:
+    return isinstance(count, int) and isinstance(desired, int) and count < desired
 
 
 def _is_int(value: Any) -> bool:

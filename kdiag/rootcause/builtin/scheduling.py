@@ -7,7 +7,7 @@ anti-affinity, topology spread), insufficient (CPU, memory, other resources, pod
 unschedulable (cordoned nodes) and other. The preemption part that newer schedulers append is
 ignored.
 
-category says what blocks the pod, in order of precedence:
+category names what blocks the pod, in order of precedence:
 
 - condition-taint: a named taint is one that nodes get for a condition (disk pressure, not ready);
 - insufficient-resources: some nodes lack resources;
