@@ -1,8 +1,8 @@
 """Requests to the Kubernetes API server: discovery of the resource types to watch, lists, watches, patches.
 
 Requests go through the official client's ApiClient (param_serialize and call_api), so kubeconfig and
-in-cluster authentication, token refresh and TLS settings work as in any client, but responses are
-read raw and parsed with orjson or msgspec instead of the generated models, because:
+in-cluster authentication, token refresh and TLS settings work as in any client. The responses are read
+raw and parsed with orjson or msgspec instead of the generated models, because:
 
 - the generated models cost tens of microseconds and several kilobytes per object, and the watcher
   only forwards objects as JSON;
@@ -30,7 +30,6 @@ from kdiag.errors import ConfigError, KdiagError
 
 log = logging.getLogger(__name__)
 
-CORE_GROUP_NAMES = ("", "core")
 # events.k8s.io/v1 serves the same Event objects as the core group, so watching both would publish
 # every Event twice.
 DEFAULT_EXCLUDES = ("events.k8s.io/*/Event",)
@@ -61,11 +60,6 @@ class ResourceType:
     def type_id(self) -> str:
         """Key of the type's progress: group and resource, without the version, which may change."""
         return f"{self.group or 'core'}/{self.plural}"
-
-    @property
-    def display_name(self) -> str:
-        """The kubectl form, e.g. pods or deployments.apps."""
-        return f"{self.plural}.{self.group}" if self.group else self.plural
 
     def collection_path(self, namespace: str | None = None) -> str:
         prefix = f"/apis/{self.group}/{self.version}" if self.group else f"/api/{self.version}"
@@ -147,7 +141,7 @@ def parse_patterns(texts: list[str] | tuple[str, ...]) -> tuple[KindPattern, ...
 
 @dataclass(frozen=True)
 class ResourceFilter:
-    """Which resource types and namespaces the watcher publishes.
+    """Selection of the resource types and namespaces that the watcher publishes.
 
     A type is watched when it matches an include pattern and no exclude pattern. An object of a
     namespaced type is published when its namespace is in `namespaces` (or that set is empty) and not in
@@ -380,7 +374,7 @@ def discover(api: KubernetesApi) -> Discovery:
     """List every served resource type that supports list and watch, at its group's preferred version.
 
     Subresources (names with a slash) are skipped. A group whose version document cannot be read, such
-    as an aggregated API whose server is down, is logged and left out; the core group must be readable.
+    as an aggregated API whose server is down, is logged and left out. The core group must be readable.
     """
     versions = api.get_json("/api").get("versions") or []
     if "v1" not in versions:

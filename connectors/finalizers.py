@@ -42,7 +42,7 @@ BACKOFF_MAX_SECONDS = 30.0
 
 
 def backoff_seconds(attempt: int, base: float = BACKOFF_BASE_SECONDS, maximum: float = BACKOFF_MAX_SECONDS) -> float:
-    """Exponential backoff with full jitter: a random time up to base * 2^(attempt-1), capped."""
+    """Return a random wait up to base * 2^(attempt-1) seconds, at most `maximum` (full-jitter backoff)."""
     return random.uniform(0, min(maximum, base * 2 ** (attempt - 1)))
 
 

@@ -95,8 +95,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     tuning.add_argument("--state-dir", type=Path, metavar="PATH", help="RocksDB directory of resourceVersions and the uid index (default: var/watcher/<cluster>)")
     tuning.add_argument("--metrics-port", type=int, metavar="PORT", help="serve Prometheus metrics on 127.0.0.1:PORT (0 picks a free port; default: off)")
     tuning.add_argument("--queue-max-objects", type=int, default=10_000, metavar="N", help="objects with a pending change before the watches pause (default 10000)")
-    tuning.add_argument("--queue-max-mib", type=float, default=8.0, metavar="MIB", help="MiB of pending changes before the watches pause (default 8)")
-    tuning.add_argument("--list-page-size", type=int, default=250, metavar="N", help="objects per list request (default 250)")
+    tuning.add_argument("--queue-max-mib", type=float, default=4.0, metavar="MIB", help="MiB of pending changes before the watches pause (default 4)")
+    tuning.add_argument("--list-page-size", type=int, default=100, metavar="N", help="objects per list request (default 100)")
     tuning.add_argument("--watch-timeout", type=int, default=300, metavar="SECONDS", help="minimum server-side duration of one watch request; each request draws from 1 to 2 times this (default 300)")
     tuning.add_argument("--discovery-interval", type=float, default=60.0, metavar="SECONDS", help="time between two API discoveries, which find new CRDs (default 60)")
     tuning.add_argument("--max-attempts", type=int, default=10, metavar="N", help="consecutive failures of a request or delivery before the watcher gives up (default 10)")
@@ -109,7 +109,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def in_cluster_available() -> bool:
-    """Whether this process runs in a pod with a mounted service account token."""
+    """Return whether this process runs in a pod with a mounted service account token."""
     return bool(os.environ.get("KUBERNETES_SERVICE_HOST")) and (SERVICE_ACCOUNT_DIR / "token").is_file() and (
         SERVICE_ACCOUNT_DIR / "ca.crt"
     ).is_file()
@@ -218,7 +218,10 @@ def prepare_topics(settings: Settings, create: bool, max_attempts: int) -> Setti
             break
         except (KdiagError, KafkaException) as error:
             if attempt == max_attempts:
-                raise
+                raise KdiagError(
+                    f"preparing the Kafka topics on {settings.bootstrap_servers} failed: {error}; "
+                    f"check that the broker is running and that {settings.changes_topic} exists"
+                ) from None
             log.warning("preparing the Kafka topics failed; retrying", extra={"error": str(error), "attempt": f"{attempt}/{max_attempts}"})
             time.sleep(backoff_seconds(attempt))
     if limit is not None and limit - PRODUCER_MESSAGE_MARGIN_BYTES < settings.max_record_bytes:
@@ -232,7 +235,10 @@ def prepare_topics(settings: Settings, create: bool, max_attempts: int) -> Setti
 
 
 def topic_message_limit(settings: Settings) -> int | None:
-    """Return the changes topic's max.message.bytes, or None if it cannot be read."""
+    """Return the changes topic's max.message.bytes, or None if the broker does not report it.
+
+    Raises KafkaException when the topic's configuration cannot be read.
+    """
     admin = AdminClient({"bootstrap.servers": settings.bootstrap_servers})
     resource = ConfigResource(KafkaResourceType.TOPIC, settings.changes_topic)
     futures = admin.describe_configs([resource], request_timeout=30)
