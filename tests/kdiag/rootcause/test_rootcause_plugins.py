@@ -14,6 +14,7 @@ from kdiag.rootcause.builtin import BUILTIN_PLUGINS
 from kdiag.rootcause.builtin.image_pull import classify_image_pull, classify_message
 from kdiag.rootcause.builtin.kube import image_registry
 from kdiag.rootcause.builtin.scheduling import parse_scheduler_message
+from kdiag.rootcause.plugins import resolve_reference
 from kdiag.rootcause.templates import parse_template
 
 # Image pull classifier
@@ -146,7 +147,11 @@ def test_entry_points_loaded(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) ->
     dist_info.mkdir()
     (dist_info / "METADATA").write_text("Metadata-Version: 2.1\nName: kdiag-example-plugins\nVersion: 1.0\n", encoding="utf-8")
     (dist_info / "entry_points.txt").write_text(
-        "[kdiag.plugins]\nevent-counter = kdiag_example_plugins:count_events\nbroken = kdiag_no_such_module:plugin\n", encoding="utf-8"
+        "[kdiag.plugins]\n"
+        "event-counter = kdiag_example_plugins:count_events\n"
+        "broken = kdiag_no_such_module:plugin\n"
+        "image-pull-classifier = kdiag.rootcause.builtin.image_pull:classify_image_pull\n",
+        encoding="utf-8",
     )
     monkeypatch.syspath_prepend(str(tmp_path))
 
@@ -156,10 +161,18 @@ def test_entry_points_loaded(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) ->
     assert counter is not None
     assert counter.reference == "kdiag_example_plugins:count_events"
     assert counter(DiagnosisContext(Diagnosis(rule="R"), {"kind": "Pod"}, Related(events=[{}, {}])), {}) == {"events": "2"}
-    assert "image-pull-classifier" in registry
+    # A shipped plugin listed as an entry point too is the same plugin, not a conflict.
+    assert "image-pull-classifier" not in registry.load_errors
+    assert registry.get("image-pull-classifier") is classify_image_pull
     assert "broken" not in registry
     assert registry.load_errors["broken"].startswith("ModuleNotFoundError")
     sys.modules.pop("kdiag_example_plugins", None)
+
+
+def test_builtin_references_resolve() -> None:
+    # Worker processes and the kdiag.plugins entry points import plugins by these references.
+    for builtin in BUILTIN_PLUGINS:
+        assert resolve_reference(builtin.reference) is builtin
 
 
 # Context and related objects
