@@ -31,6 +31,7 @@ the problem.
 
 from __future__ import annotations
 
+import difflib
 import math
 import re
 from collections.abc import Callable, Mapping
@@ -317,9 +318,11 @@ class _GraphParser:
                 self.report(f"{path}.plugin", f"plugin {plugin_name!r} could not be loaded from its entry point: {reason}")
             else:
                 known = sorted(set(self.registry.names()) | set(remotes))
+                close = difflib.get_close_matches(plugin_name, known, n=1)
+                hint = f" Did you mean {close[0]}?" if close else ""
                 self.report(
                     f"{path}.plugin",
-                    f"unknown plugin {plugin_name!r}. Known plugins: {', '.join(known)}. "
+                    f"unknown plugin {plugin_name!r}.{hint} Known plugins: {', '.join(known)}. "
                     "Declare a remote plugin under plugins with its url, or register a Python plugin",
                 )
             return None

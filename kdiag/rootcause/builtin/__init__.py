@@ -1,5 +1,6 @@
 """The plugins that ship with kdiag. Their names are those the graphs in rootcause/ use."""
 
+from kdiag.rootcause.builtin.config_references import check_config_references
 from kdiag.rootcause.builtin.distribution import failure_distribution
 from kdiag.rootcause.builtin.finalizers import finalizer_owner
 from kdiag.rootcause.builtin.image_pull import classify_image_pull
@@ -20,4 +21,5 @@ BUILTIN_PLUGINS = (
     owner_rollout_status,
     finalizer_owner,
     namespace_deletion_status,
+    check_config_references,
 )

@@ -19,6 +19,8 @@ CORPUS_EXPECTED = {
     "04-image-pull-rate-limit.yaml": ("registry-rate-limited", "PLATFORM"),
     "05-image-pull-no-space-left.yaml": ("node-disk-full", "PLATFORM"),
     "07-oomkilled-low-memory-limit.yaml": ("memory-limit-too-low", "USER"),
+    "10-init-createcontainerconfigerror-secret-missing.yaml": ("config-object-missing", "USER"),
+    "11-createcontainerconfigerror-secret-key-missing.yaml": ("config-key-missing", "USER"),
     "13-failedscheduling-taint-and-nodeselector.yaml": ("selected-nodes-tainted", "USER"),
     "16-namespace-terminating-discovery-failure.yaml": ("apiservice-unavailable", "PLATFORM"),
     "17-service-terminating-lb-finalizer.yaml": ("load-balancer-cleanup-stuck", "PLATFORM"),
@@ -495,6 +497,40 @@ def test_pvc_protection_is_user(shipped_graphs: GraphSet) -> None:
     assert root_cause is not None
     assert root_cause["cause"] == "volume-in-use"
     assert root_cause["responsibility"] == "USER"
+
+
+def test_key_missing_not_secret_missing(starter_pack: RuleSet, shipped_graphs: GraphSet) -> None:
+    ((_, root_cause),) = diagnose_case("11-createcontainerconfigerror-secret-key-missing.yaml", starter_pack, shipped_graphs)
+    assert root_cause["summary"] == "Secret default/app-secret-workload-demo exists but has no key VALUE, which the pod reads."
+    assert "Create" not in root_cause["fix"]
+
+
+def pod_reading_secret(optional: bool = False) -> dict[str, Any]:
+    reference: dict[str, Any] = {"name": "db", "key": "PASSWORD"}
+    if optional:
+        reference["optional"] = True
+    container = {"name": "api", "image": "example/api:1", "env": [{"name": "PASSWORD", "valueFrom": {"secretKeyRef": reference}}]}
+    return {"apiVersion": "v1", "kind": "Pod", "metadata": {"name": "api-1", "namespace": "shop"}, "spec": {"containers": [container]}, "status": {"phase": "Pending"}}
+
+
+@pytest.mark.parametrize(
+    ("data", "cause"),
+    [(None, "config-object-missing"), ({"USER": "YQ=="}, "config-key-missing"), ({"PASSWORD": "YQ=="}, "container-config-error")],
+)
+def test_config_reference_from_related(data: dict[str, str] | None, cause: str, shipped_graphs: GraphSet) -> None:
+    objects: list[dict[str, Any]] = [pod_reading_secret()]
+    if data is not None:
+        objects.append({"apiVersion": "v1", "kind": "Secret", "metadata": {"name": "db", "namespace": "shop"}, "type": "Opaque", "data": data})
+    root_cause = shipped_graphs.diagnose(make_context("PodSecretKeyMissing", objects[0], objects))
+    assert root_cause is not None
+    assert root_cause["cause"] == cause
+
+
+def test_optional_reference_not_missing(shipped_graphs: GraphSet) -> None:
+    optional = pod_reading_secret(optional=True)
+    root_cause = shipped_graphs.diagnose(make_context("PodCreateContainerConfigError", optional, [optional]))
+    assert root_cause is not None
+    assert root_cause["cause"] == "container-config-error"
 
 
 def test_rollout_stalled_names_replica_set(starter_pack: RuleSet, shipped_graphs: GraphSet) -> None:

@@ -58,8 +58,8 @@ def test_unknown_plugin_rejected() -> None:
     problem = only_problem(body([{"name": "a", "plugin": "image-pull-clasifier"}]))
     assert problem.rule == "G"
     assert problem.path == "nodes[0].plugin"
-    assert problem.problem.startswith("unknown plugin 'image-pull-clasifier'. Known plugins: failure-distribution, ")
-    assert "image-pull-classifier" in problem.problem
+    assert problem.problem.startswith("unknown plugin 'image-pull-clasifier'. Did you mean image-pull-classifier? Known plugins: config-reference-check, ")
+    assert problem.problem.endswith("Declare a remote plugin under plugins with its url, or register a Python plugin")
 
 
 def test_unknown_input_rejected() -> None:
