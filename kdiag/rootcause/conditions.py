@@ -36,7 +36,7 @@ _NOT_RUN = Finding(node="", plugin="", status=SKIPPED)
 
 
 class Condition:
-    """A compiled condition. holds() never raises."""
+    """A compiled condition. holds() only reads findings and their string values, so it does not raise."""
 
     def holds(self, findings: Mapping[str, Finding]) -> bool:
         raise NotImplementedError

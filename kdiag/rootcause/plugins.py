@@ -1,7 +1,7 @@
 """Plugins: the registry of Python plugins and the contract every kind of plugin call follows.
 
 A Python plugin is a function ``(context: DiagnosisContext, inputs: Mapping[str, Finding]) ->
-Mapping[str, str]``. inputs holds the findings of the node's inputs by node name, whatever their
+Mapping[str, str]``. inputs contains the findings of the node's inputs by node name, whatever their
 status. The function returns the values of its finding, or raises PluginError (or any exception)
 to make the finding FAILED. Every call has a timeout, and a call that does not return in time gives
 a TIMED_OUT finding.
@@ -53,7 +53,7 @@ class Outcome:
 
 
 class PluginCall(Protocol):
-    """A plugin bound to the way it runs. GraphNode holds one, and run_graph calls it."""
+    """A plugin bound to the way it runs. Each GraphNode has one, and run_graph calls it."""
 
     name: str
     kind: str
@@ -66,7 +66,7 @@ class PythonPlugin:
     """A registered Python plugin.
 
     reference is "module:attribute", the name under which a worker process imports the plugin.
-    isolation is how graphs run it unless a node says otherwise: inline or process.
+    isolation is how graphs run it (inline or process) unless a node sets its own.
     """
 
     name: str

@@ -9,7 +9,7 @@ containers, and classifies each one by the first category whose patterns match, 
    Docker's old message adds "this may be because there are no credentials on this request" to
    every failed pull, while the details name the missing tag ("Tag ... not found").
 4. invalid-name: the image reference cannot be parsed.
-5. unauthorized: the registry rejected the credentials or asked for some. Docker Hub answers
+5. unauthorized: the registry rejected the credentials or asked for some. Docker Hub returns
    "pull access denied ... repository does not exist or may require 'docker login'" for private
    and for missing repositories alike, and this counts as unauthorized.
 6. network: DNS, TCP or TLS failures on the way to the registry.

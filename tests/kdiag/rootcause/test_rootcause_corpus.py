@@ -382,8 +382,8 @@ def test_scheduling_variants(message: str, cause: str, responsibility: str, ship
 
 
 def test_pending_pods_of_diskpressure_node(shipped_graphs: GraphSet) -> None:
-    # Case 23 with the scheduler's message of that time, which does not name the taint: the
-    # tainted node in related tells that it is the disk pressure.
+    # Case 23 with the scheduler's message of that time, which does not name the taint. The
+    # tainted node in related shows that the taint is the disk pressure one.
     objects = load_case("23-node-diskpressure.yaml")
     pending = objects[1]
     event = failed_scheduling("0/1 nodes are available: 1 node(s) had taints that the pod didn't tolerate.", pending["metadata"]["name"])
