@@ -20,7 +20,8 @@ NO_VERDICT_CAUSE = "unknown"
 def run_graph(graph: Graph, context: DiagnosisContext) -> dict[str, Any]:
     """Run graph on context and return a RootCause record (schemas/root_cause.avsc) as a dict.
 
-    Blocks for at most the sum of the timeouts of the nodes that run. A plugin that fails, times
+    Blocks for up to the sum of the timeouts of the nodes that run, plus the time to kill and
+    replace a hung worker process. A plugin that fails, times
     out or returns invalid output gives a FAILED or TIMED_OUT finding, and the graph goes on: later
     nodes receive that finding and verdicts can still match. findings are in execution order.
     When no verdict holds, the cause is "unknown" with responsibility UNKNOWN.
