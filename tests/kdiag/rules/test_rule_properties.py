@@ -357,7 +357,7 @@ def break_condition(draw: st.DrawFn, condition: dict[str, Any]) -> None:
     elif mutation == "nil not bool":
         condition["nilValue"] = draw(NOT_A_BOOL)
     elif mutation == "no operator":
-        for key in ("equalValue", "notEqualValue", "nilValue"):
+        for key in ("equalValue", "notEqualValue", "nilValue", *NEW_OPERATORS):
             condition.pop(key, None)
     elif mutation == "sub field alone":
         condition.pop("subIdentifierName", None)
