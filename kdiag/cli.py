@@ -24,6 +24,7 @@ SUBCOMMANDS: dict[str, tuple[str, str]] = {
     "replay": ("connectors.replay", "publish recorded history files to the changes topic"),
     "alerts": ("connectors.alerts", "print alerts from the alerts topic"),
     "topics": ("kdiag.topics_command", "create kdiag's topics"),
+    "rules": ("kdiag.rules_command", "validate rule files, and apply, list or delete the rules workers follow"),
     "receive": ("connectors.alertmanager_receiver", "receive Alertmanager webhooks and publish them as events"),
     "sink": ("connectors.alertmanager_sink", "push graded alerts to Alertmanager's v2 API"),
     "ack": ("connectors.ack", "acknowledge a graded alert"),
