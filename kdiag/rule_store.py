@@ -1,6 +1,6 @@
 """Rules on a compacted Kafka topic, so that every worker picks up a change without restarting.
 
-The rules topic holds one RuleRecord per rule name (the record key); a record without a value
+The rules topic has one RuleRecord per rule name (the record key), and a record without a value
 deletes the rule. `kdiag rules apply|list|delete` write and read it, and each worker keeps a RuleFeed
 that reads it in a background thread. A rule that fails validation when a worker reads it is
 rejected, and the version in force before stays.
@@ -79,7 +79,10 @@ class RuleBook:
         self._rules[name] = rules[0]
         self._bodies[name] = canonical
         self._rebuild()
-        log.info("rule " + outcome, extra={"rule": name, "source": record["source"]})
+        if outcome == "added":
+            log.info("rule added", extra={"rule": name, "source": record["source"]})
+        else:
+            log.info("rule changed", extra={"rule": name, "source": record["source"]})
         return outcome
 
     def _rebuild(self) -> None:

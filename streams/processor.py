@@ -162,12 +162,9 @@ class PartitionProcessor:
         object_key = (cluster, ref.kind, ref.namespace, ref.name)
         referenced = self.plan.references(ref.kind)
         if change["changeType"] == "DELETED":
-            result.alerts.extend(self.tracker.delete(ref, time_ms))
-            if self._reference_rules(ref.kind) or self._has_periodic_rules(ref.kind):
-                self._forget_referrer(cluster, ref.uid)
-            if referenced and self.references.delete(object_key):
-                result.alerts.extend(self._recheck_referrers(object_key, time_ms))
+            self._apply_delete(ref, object_key, referenced, time_ms, result)
             return
+
         self._run_due_checks(cluster, result, until_ms=time_ms)
         rules = self.rule_set.rules_for_kind(ref.kind)
         if not rules and not referenced:
@@ -184,15 +181,27 @@ class PartitionProcessor:
             result.alerts.extend(self.tracker.advance(cluster, time_ms))
             if self.references.put(object_key, self.plan.project(obj)):
                 result.alerts.extend(self._recheck_referrers(object_key, time_ms))
-        if not rules:
-            return
+        if rules:
+            self._evaluate_change(ref, obj, rules, time_ms, result)
+
+    def _apply_delete(self, ref: ObjectRef, object_key: ObjectKey, referenced: bool, time_ms: int, result: BatchResult) -> None:
+        result.alerts.extend(self.tracker.delete(ref, time_ms))
+        if self._reference_rules(ref.kind) or self._has_periodic_rules(ref.kind):
+            self._forget_referrer(ref.cluster, ref.uid)
+        if referenced and self.references.delete(object_key):
+            result.alerts.extend(self._recheck_referrers(object_key, time_ms))
+
+    def _evaluate_change(self, ref: ObjectRef, obj: dict[str, Any], rules: Any, time_ms: int, result: BatchResult) -> None:
+        """Evaluate the rules of a changed object. Periodic rules are only scheduled: they run at their
+        check times."""
+        cluster = ref.cluster
         resolve = self.references.resolver(cluster)
         results = []
         reference_rules = []
         periodic_rules = []
         for rule in rules:
             if rule.every_seconds is not None:
-                periodic_rules.append(rule)  # Evaluated at its check times only, not on changes.
+                periodic_rules.append(rule)
                 continue
             if rule.uses_references:
                 reference_rules.append(rule)
@@ -212,7 +221,7 @@ class PartitionProcessor:
     # References
 
     def _can_resolve(self, rule: Any, cluster: str) -> bool:
-        """Whether this partition holds the objects the rule refers to.
+        """Whether this partition has the objects the rule refers to.
 
         Cluster-scoped objects arrive only on the partition of key "<cluster>/".
         """

@@ -15,8 +15,8 @@ Namespaced objects are co-partitioned with the objects that refer to them, becau
 is cluster/namespace.
 
 NOTE: cluster-scoped objects (Node, StorageClass, PersistentVolume) all land on the partition of
-key "<cluster>/", so a reference to them resolves only for objects on that partition; elsewhere such
-references count as unknown and the reference conditions on them never hold.
+key "<cluster>/". A reference to them therefore resolves only for objects on that partition.
+Elsewhere the rules that read such references do not match.
 """
 
 from __future__ import annotations
