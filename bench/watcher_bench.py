@@ -321,8 +321,8 @@ def record(figures: Figures, argv: list[str]) -> None:
         f"Command: `{command}`",
         "",
         f"Machine: {os.cpu_count()} cores, {platform.machine()}, Python {platform.python_version()}, "
-        f"{time.strftime('%Y-%m-%d')}. The API server double, the watcher process and a single Kafka broker "
-        "share the machine, so the figures are lower bounds for the watcher alone.",
+        f"{time.strftime('%Y-%m-%d')}. The API server double, the watcher process and",
+        "a single Kafka broker share the machine, so the figures are lower bounds for the watcher alone.",
         "",
         *[f"- {line}" for line in lines],
         "",

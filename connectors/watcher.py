@@ -94,7 +94,7 @@ IDENTITY_METADATA = frozenset(
 CHANGE_TYPES = ("ADDED", "MODIFIED", "DELETED")
 LOG_EVERY_INVALID_OBJECTS = 100
 # How often the publish loop hands freed heap memory back to the operating system.
-MALLOC_TRIM_INTERVAL_SECONDS = 5.0
+MALLOC_TRIM_INTERVAL_SECONDS = 1.0
 
 
 def _load_malloc_trim() -> Any:
@@ -128,7 +128,7 @@ class WatchOptions:
     queue_max_objects: int = 10_000
     queue_max_bytes: int = 4 * 1024 * 1024
     max_in_flight_changes: int = 5_000
-    max_in_flight_bytes: int = 4 * 1024 * 1024
+    max_in_flight_bytes: int = 2 * 1024 * 1024
     list_page_size: int = 100
     max_concurrent_lists: int = 2
     watch_timeout_seconds: int = 300
