@@ -98,6 +98,8 @@ class FinalizerManager:
         return any(pattern.matches(resource) for pattern in self.kinds) and "patch" in resource.verbs
 
     def start(self) -> None:
+        # NOTE: the first list of a type queues one patch per object without our finalizer, so a
+        # type with 100,000 objects needs 100,000 patches at the start, two at a time.
         for thread in self._threads:
             thread.start()
 

@@ -205,6 +205,11 @@ class ResourceProgress:
         with self._lock:
             return uid in self._active_uids
 
+    def active_changes(self, uid: str) -> int:
+        """Return how many changes of the object are queued or awaiting acknowledgement."""
+        with self._lock:
+            return self._active_uids.get(uid, 0)
+
     def open_entries(self) -> int:
         with self._lock:
             return len(self._open)

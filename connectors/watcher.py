@@ -449,13 +449,19 @@ class ChangeQueue:
             return taken
 
     def requeue(self, entry: PendingChange) -> None:
-        """Queue a change again after a failed delivery, at the front, unless a newer version is queued.
+        """Queue a change again after a failed delivery, at the front, unless a newer version exists.
 
         Of two versions of one object the newer is kept. The other one's progress entry is closed: the
-        kept version is newer and keeps the type's progress at or below its own floor.
+        kept version is newer and keeps the type's progress at or below its own floor. A version that
+        is not queued but awaits acknowledgement is newer too, because a change is queued only after
+        the previous one left the queue, and Kafka reports the deliveries of one partition, which has
+        every change of the object, in order.
         """
         with self._condition:
             existing = self._entries.get(entry.key)
+            if existing is None and entry.progress.active_changes(entry.uid) > 1:
+                entry.progress.close_entry(entry.sequence, entry.uid)
+                return
             if existing is not None:
                 if existing.event_order >= entry.event_order:
                     entry.progress.close_entry(entry.sequence, entry.uid)
@@ -666,12 +672,12 @@ class ResourceWatch:
 
     def _wait_until_acknowledged(self) -> None:
         """Wait until Kafka acknowledged every queued change of the type, so that the index is complete."""
-        waited = 0.0
+        next_log = time.monotonic() + 30
         while self.progress.open_entries():
             if self._stop.wait(0.1):
                 raise _Stopped
-            waited += 0.1
-            if waited >= 30 and int(waited * 10) % 300 == 0:
+            if time.monotonic() >= next_log:
+                next_log += 30
                 log.warning(
                     "relist waits for Kafka to acknowledge earlier changes",
                     extra={"resource": self.type_id, "open_changes": self.progress.open_entries()},

@@ -138,6 +138,20 @@ def test_requeue_keeps_newer_queued_version():
     assert progress.safe_resource_version() == "2"
 
 
+def test_requeue_dropped_when_newer_in_flight():
+    queue = ChangeQueue(100, 1 << 20, WatcherMetrics())
+    progress = ResourceProgress("1")
+    stop = threading.Event()
+    queue.put(queued("a", "2", progress), stop)
+    [failed] = queue.take(1, 1 << 20, 0)
+    queue.put(queued("a", "3", progress), stop)
+    [newer] = queue.take(1, 1 << 20, 0)
+    queue.requeue(failed)
+    assert len(queue) == 0
+    assert progress.active_changes("a") == 1
+    assert newer.resource_version == "3"
+
+
 def test_requeue_goes_to_front():
     queue = ChangeQueue(100, 1 << 20, WatcherMetrics())
     progress = ResourceProgress("1")
