@@ -22,6 +22,7 @@ log = logging.getLogger(__name__)
 SUBCOMMANDS: dict[str, tuple[str, str]] = {
     "worker": ("streams.worker", "run a stream worker that evaluates rules and emits alerts"),
     "replay": ("connectors.replay", "publish recorded history files to the changes topic"),
+    "watch": ("connectors.watch_command", "publish the changes of a live Kubernetes cluster to the changes topic"),
     "alerts": ("connectors.alerts", "print alerts from the alerts topic"),
     "topics": ("kdiag.topics_command", "create kdiag's topics"),
     "rules": ("kdiag.rules_command", "validate rule files, and apply, list or delete the rules workers follow"),
@@ -32,7 +33,9 @@ SUBCOMMANDS: dict[str, tuple[str, str]] = {
 }
 
 
-def build_parser() -> argparse.ArgumentParser:
+def build_parser(command: str | None = None) -> argparse.ArgumentParser:
+    """Build the parser. Only the module of `command` is imported, so that e.g. `kdiag alerts` does not
+    load the Kubernetes client."""
     parser = argparse.ArgumentParser(prog="kdiag", description=__doc__.splitlines()[0])
     parser.add_argument(
         "--bootstrap-servers",
@@ -42,15 +45,18 @@ def build_parser() -> argparse.ArgumentParser:
     commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
     for name, (module_name, help_text) in SUBCOMMANDS.items():
         subparser = commands.add_parser(name, help=help_text, description=help_text)
-        module = importlib.import_module(module_name)
-        module.add_arguments(subparser)
-        subparser.set_defaults(module=module)
+        if name == command:
+            module = importlib.import_module(module_name)
+            module.add_arguments(subparser)
+            subparser.set_defaults(module=module)
     return parser
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = build_parser()
-    args = parser.parse_args(argv)
+    arguments = sys.argv[1:] if argv is None else argv
+    command = next((argument for argument in arguments if argument in SUBCOMMANDS), None)
+    parser = build_parser(command)
+    args = parser.parse_args(arguments)
     configure_logging(args.log_level)
     try:
         settings = load_settings(bootstrap_servers=args.bootstrap_servers)
