@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import argparse
 import logging
+import os
+import sys
 from pathlib import Path
 from typing import Callable
 
@@ -82,5 +84,9 @@ def run(args: argparse.Namespace, settings: Settings) -> int:
         runtime.close()
         if feed is not None:
             feed.stop()
-        log.info("worker stopped", extra={"app_id": settings.app_id})
-    return code
+        log.info("worker stopped", extra={"app_id": settings.app_id, "exit_status": code})
+    # Faust's consumer thread can outlive its event loop and keep the process alive. Everything the
+    # worker produced is committed in Kafka transactions by now, so leaving at once loses nothing.
+    logging.shutdown()
+    sys.stdout.flush()
+    os._exit(code)
