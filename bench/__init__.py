@@ -9,6 +9,7 @@ it by PID at the end. Each benchmark prints its figures as text, then one line
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import os
 import random
 import shutil
@@ -46,7 +47,7 @@ PROCESS_STOP_TIMEOUT_SECONDS = 30
 
 
 class BenchError(RuntimeError):
-    """A benchmark could not run or finish; the message says which step failed."""
+    """A benchmark could not run or finish. The message names the step that failed."""
 
 
 # Output
@@ -150,6 +151,11 @@ class Broker:
 # Topics
 
 
+def topic_fields() -> list[str]:
+    """Return the names of the Settings fields that name a topic, such as changes_topic."""
+    return [item.name for item in dataclasses.fields(Settings) if item.name.endswith("_topic")]
+
+
 @dataclass
 class BenchTopics:
     """Settings of one isolated kdiag installation on the bench broker, and its temp folder."""
@@ -161,30 +167,26 @@ class BenchTopics:
     @property
     def names(self) -> list[str]:
         settings = self.settings
-        return [
-            settings.changes_topic,
-            settings.alerts_topic,
-            settings.dead_letter_topic,
-            settings.changelog_topic,
-            *self.extra_topics,
-        ]
+        return [*(getattr(settings, name) for name in topic_fields()), settings.changelog_topic, *self.extra_topics]
 
 
 def make_topics(bootstrap_servers: str, label: str, partitions: int, **overrides: Any) -> BenchTopics:
-    """Create the topics of a fresh installation named bench-<label>-<random>."""
+    """Create the topics of a fresh installation named bench-<label>-<random>.
+
+    Every topic that Settings names gets this installation's prefix, so that installations with
+    different partition counts never share a topic.
+    """
     name = f"bench-{label}-{uuid.uuid4().hex[:6]}"
     work_dir = Path(tempfile.mkdtemp(prefix=f"kdiag-{name}-"))
+    topics = {field_name: f"{name}-{field_name.removesuffix('_topic').replace('_', '-')}" for field_name in topic_fields()}
     settings = load_settings(
         environ={},
         bootstrap_servers=bootstrap_servers,
-        changes_topic=f"{name}-changes",
-        alerts_topic=f"{name}-alerts",
-        dead_letter_topic=f"{name}-dead-letters",
         app_id=f"{name}-worker",
         state_dir=work_dir / "state",
         partitions=partitions,
         cluster=f"{label}-cluster",
-        **overrides,
+        **{**topics, **overrides},
     )
     ensure_topics(settings)
     return BenchTopics(settings, work_dir)
@@ -230,7 +232,7 @@ class CommittedOffsets:
         self._partitions = [TopicPartition(topic, p) for p in range(partitions)]
 
     def read(self) -> list[int] | None:
-        """Return the committed offset of each partition (0 when none), or None if the broker did not answer."""
+        """Return the committed offset of each partition (0 when none), or None if the broker did not respond."""
         try:
             committed = self._consumer.committed(self._partitions, timeout=10)
         except KafkaException:
@@ -247,12 +249,10 @@ class CommittedOffsets:
 def settings_env(settings: Settings, extra: dict[str, str] | None = None) -> dict[str, str]:
     """Return the environment that points kdiag commands at one installation."""
     env = dict(os.environ)
+    env.update({f"KDIAG_{name.upper()}": getattr(settings, name) for name in topic_fields()})
     env.update(
         {
             "KDIAG_BOOTSTRAP_SERVERS": settings.bootstrap_servers,
-            "KDIAG_CHANGES_TOPIC": settings.changes_topic,
-            "KDIAG_ALERTS_TOPIC": settings.alerts_topic,
-            "KDIAG_DEAD_LETTER_TOPIC": settings.dead_letter_topic,
             "KDIAG_APP_ID": settings.app_id,
             "KDIAG_STATE_DIR": str(settings.state_dir),
             "KDIAG_PARTITIONS": str(settings.partitions),

@@ -6,24 +6,27 @@ JSON lines, ``{"type": "ADDED", "time": "<RFC 3339>", "object": {...}}``, which 
 --changes-topic instead of --out it produces ChangeBatch records straight to the changes topic
 through connectors/publisher.py, which is faster than a file for big runs.
 
-The cluster: Nodes (one per 30 pods), namespaces of about 100 pods, Deployments of 1 to 12 replicas
-with a Service each, and their Pods. The objects follow the shape of real ones (samples/histories
+The cluster: Nodes (one per 30 pods), namespaces of about 100 pods with their kube-root-ca.crt
+ConfigMap, Deployments of 1 to 12 replicas, each with a Service, Endpoints, a ConfigMap and a Secret,
+and their Pods. The objects follow the shape of real ones (samples/histories
 and samples/corpus): full metadata with labels, annotations and ownerReferences, specs with
 containers, env, volumes, resources, probes and tolerations, and status with conditions and
-containerStatuses. Pods, Nodes and Deployments are 6-20 KB of JSON and Services 3-8 KB. Events are
-about 1 KB, the size of real Events.
+containerStatuses. Pods, Nodes and Deployments are 5-22 KiB of JSON. Services, Endpoints, ConfigMaps,
+Secrets and Events are 0.5-4 KiB, the size of real ones.
 
-The history: every object is ADDED in the first minute, then, at rates per hour of simulated time:
-Node status reports every 5 minutes, readiness flaps of running pods, Deployment rollouts that
-replace their pods one by one (create, schedule, start, become ready, terminate and delete the old
-pod, with the kubelet's and scheduler's Events, which expire after an hour), and injected failures:
-image pull errors, crash loops, OOM kills, pods stuck terminating, unschedulable pods and Nodes that
-go NotReady or Unknown. The same seed and options always give the same history, byte for byte.
+The history: every object is ADDED in the first minute. Then, at rates per hour of simulated time,
+come Node status reports every 5 minutes, readiness flaps of running pods, and Deployment rollouts
+that replace their pods one by one. A replacement creates, schedules, starts and readies the new
+pod, then terminates and deletes the old one, with the kubelet's and the scheduler's Events, which
+expire after an hour. Injected failures: image pull errors, crash loops, OOM kills, pods stuck
+terminating, unschedulable pods and Nodes that go NotReady or Unknown. The same seed and options
+always give the same history, byte for byte.
 """
 
 from __future__ import annotations
 
 import argparse
+import base64
 import dataclasses
 import hashlib
 import heapq
@@ -40,7 +43,7 @@ from typing import Any, Callable, Iterator
 import orjson
 from confluent_kafka import Producer
 
-from connectors.publisher import Publisher, producer_config
+from connectors.publisher import Publisher, encode_object, producer_config
 from kdiag.model import ResourceChange, format_time_ms, parse_time_ms
 from kdiag.settings import load_settings
 
@@ -174,6 +177,8 @@ class Deployment:
     progressing_changed_ms: int = 0
     rolling: bool = False
     service: "Service | None" = None
+    config_map: dict[str, Any] | None = None
+    secret: dict[str, Any] | None = None
 
 
 @dataclass(slots=True)
@@ -183,6 +188,7 @@ class Service:
     uid: str
     created_ms: int
     obj: dict[str, Any]
+    endpoints_uid: str
     deletion_ms: int | None = None
 
 
@@ -293,6 +299,7 @@ class SyntheticCluster:
         self.nodes: list[Node] = []
         self.namespaces: list[str] = []
         self.deployments: list[Deployment] = []
+        self.root_ca: dict[str, dict[str, Any]] = {}
         self.running = RandomPool()
         self.failures: Counter[str] = Counter()
         self._queue: list[tuple[int, int, Callable[..., None], tuple[Any, ...]]] = []
@@ -394,6 +401,7 @@ class SyntheticCluster:
         self.namespaces = [
             f"{TEAMS[index % len(TEAMS)]}-{APP_WORDS[(index * 7) % len(APP_WORDS)]}-{index}" for index in range(namespace_count)
         ]
+        self.root_ca = {namespace: self._root_ca_config_map(namespace) for namespace in self.namespaces}
         remaining = self.pod_count
         index = 0
         while remaining > 0:
@@ -421,9 +429,13 @@ class SyntheticCluster:
 
     def _initial_list(self) -> Iterator[GeneratedChange]:
         objects: list[tuple[str, Any]] = [("Node", node) for node in self.nodes]
+        objects += [("Object", config_map) for config_map in self.root_ca.values()]
         for deployment in self.deployments:
+            objects.append(("Object", deployment.config_map))
+            objects.append(("Object", deployment.secret))
             objects.append(("Deployment", deployment))
             objects.append(("Service", deployment.service))
+            objects.append(("Endpoints", deployment))
             objects.extend(("Pod", pod) for pod in deployment.pods)
         step = INITIAL_LIST_SPREAD_MS / max(1, len(objects))
         for position, (kind, item) in enumerate(objects):
@@ -434,6 +446,11 @@ class SyntheticCluster:
                 self._emit_deployment("ADDED", item, now)
             elif kind == "Service":
                 self._emit_service("ADDED", item, now)
+            elif kind == "Endpoints":
+                self._emit_endpoints("ADDED", item, now)
+            elif kind == "Object":
+                item["metadata"]["resourceVersion"] = self._next_rv()
+                self._emit("ADDED", item["kind"], item["apiVersion"], item, now)
             else:
                 self._emit_pod("ADDED", item, now)
             yield from self._out
@@ -562,7 +579,46 @@ class SyntheticCluster:
         )
         deployment.revision = self._new_revision(deployment, f"v1.{rng.randrange(100)}.{rng.randrange(10)}")
         deployment.service = self._new_service(deployment)
+        deployment.config_map, deployment.secret = self._config_objects(deployment)
         return deployment
+
+    def _object_metadata(self, namespace: str, name: str, labels: dict[str, str], created_ms: int) -> dict[str, Any]:
+        return {
+            "creationTimestamp": _ts(created_ms),
+            "labels": labels,
+            "name": name,
+            "namespace": namespace,
+            "resourceVersion": "0",
+            "uid": self._uid(),
+        }
+
+    def _root_ca_config_map(self, namespace: str) -> dict[str, Any]:
+        """Build the kube-root-ca.crt ConfigMap that every namespace has and every pod's token volume reads."""
+        body = "".join(self._hex(32) + "\n" for _ in range(24))
+        certificate = f"-----BEGIN CERTIFICATE-----\n{body}-----END CERTIFICATE-----\n"
+        metadata = self._object_metadata(namespace, "kube-root-ca.crt", {}, self.start_ms - 90 * 86_400_000)
+        metadata["annotations"] = {"kubernetes.io/description": "Contains a CA bundle that can be used to verify the kube-apiserver when using internal endpoints such as the internal service IP or kubernetes.default.svc. No other usage is guaranteed across distributions of Kubernetes clusters."}
+        return {"apiVersion": "v1", "kind": "ConfigMap", "metadata": metadata, "data": {"ca.crt": certificate}}
+
+    def _config_objects(self, deployment: Deployment) -> tuple[dict[str, Any], dict[str, Any]]:
+        """Build the ConfigMap and Secret that a Deployment's pods read through envFrom, env and volumes."""
+        labels = {"app": deployment.name, "app.kubernetes.io/managed-by": "Helm"}
+        config_lines = [f"{key.lower()}: {self._hex(12)}" for key in ENV_NAMES[: self.rng.randrange(6, 20)]]
+        config_map = {
+            "apiVersion": "v1",
+            "kind": "ConfigMap",
+            "metadata": self._object_metadata(deployment.namespace, f"{deployment.name}-config", labels, deployment.created_ms),
+            "data": {"config.yaml": "\n".join(config_lines) + "\n", "LOG_LEVEL": "info"},
+        }
+        keys = [entry["valueFrom"]["secretKeyRef"]["key"] for entry in deployment.env if "secretKeyRef" in entry.get("valueFrom", {})]
+        secret = {
+            "apiVersion": "v1",
+            "kind": "Secret",
+            "metadata": self._object_metadata(deployment.namespace, f"{deployment.name}-secrets", labels, deployment.created_ms),
+            "type": "Opaque",
+            "data": {key: base64.b64encode(self._hex(24).encode()).decode() for key in keys} or {"placeholder": ""},
+        }
+        return config_map, secret
 
     def _new_revision(self, deployment: Deployment, tag: str) -> Revision:
         rng = self.rng
@@ -834,7 +890,7 @@ class SyntheticCluster:
             "spec": spec,
             "status": status,
         }
-        return Service(deployment.namespace, name, uid, created_ms, obj)
+        return Service(deployment.namespace, name, uid, created_ms, obj, self._uid())
 
     def _new_pod(self, deployment: Deployment, revision: Revision, created_ms: int) -> Pod:
         pod = Pod(
@@ -1009,6 +1065,47 @@ class SyntheticCluster:
             metadata["deletionGracePeriodSeconds"] = 0
         obj["metadata"] = metadata
         self._emit(change_type, "Service", "v1", obj, now)
+
+    def _emit_endpoints(self, change_type: str, deployment: Deployment, now: int) -> None:
+        """Emit the Endpoints of a Deployment's Service: the addresses of its ready pods."""
+        service = deployment.service
+        if service is None:
+            return
+        ready = [pod for pod in deployment.pods if pod.alive and pod.ready and pod.deletion_ms is None and pod.node is not None]
+        not_ready = [pod for pod in deployment.pods if pod.alive and not pod.ready and pod.deletion_ms is None and pod.node is not None]
+
+        def address(pod: Pod) -> dict[str, Any]:
+            return {
+                "ip": pod.ip,
+                "nodeName": pod.node.name if pod.node is not None else "",
+                "targetRef": {"kind": "Pod", "name": pod.name, "namespace": deployment.namespace, "uid": pod.uid},
+            }
+
+        subsets = []
+        if ready or not_ready:
+            subset: dict[str, Any] = {
+                "ports": [{"name": port["name"], "port": 8080 if port["name"] == "http" else port["port"], "protocol": "TCP"} for port in service.obj["spec"]["ports"]]
+            }
+            if ready:
+                subset["addresses"] = [address(pod) for pod in ready]
+            if not_ready:
+                subset["notReadyAddresses"] = [address(pod) for pod in not_ready]
+            subsets.append(subset)
+        obj = {
+            "apiVersion": "v1",
+            "kind": "Endpoints",
+            "metadata": {
+                "annotations": {"endpoints.kubernetes.io/last-change-trigger-time": _ts(now)},
+                "creationTimestamp": _ts(service.created_ms),
+                "labels": service.obj["metadata"]["labels"],
+                "name": service.name,
+                "namespace": service.namespace,
+                "resourceVersion": self._next_rv(),
+                "uid": service.endpoints_uid,
+            },
+            "subsets": subsets,
+        }
+        self._emit(change_type, "Endpoints", "v1", obj, now)
 
     def _emit_pod(self, change_type: str, pod: Pod, now: int) -> None:
         revision = pod.revision
@@ -1243,6 +1340,7 @@ class SyntheticCluster:
         pod.ready_ms = now
         pod.busy = False
         self._emit_pod("MODIFIED", pod, now)
+        self._emit_endpoints("MODIFIED", pod.deployment, now)
         self._update_deployment(pod.deployment, now)
 
     def _crash_loop(self, now: int) -> None:
@@ -1254,7 +1352,7 @@ class SyntheticCluster:
         self._crash(now, pod, 0, now + self.rng.randrange(600_000, 3_600_000), None)
 
     def _crash(self, now: int, pod: Pod, attempt: int, until_ms: int, backoff_event: Event | None) -> None:
-        """The app container exits, waits in CrashLoopBackOff, runs again, until `until_ms`."""
+        """Make the app container exit and wait in CrashLoopBackOff, then run again, until `until_ms`."""
         if not pod.alive:
             return
         status = pod.containers[0]
@@ -1332,7 +1430,7 @@ class SyntheticCluster:
         self._terminate(now, pod, delete_after_ms=self.rng.randrange(900_000, 5_400_000))
 
     def _unschedulable(self, now: int) -> None:
-        """A new replica of a Deployment finds no node for a while, then starts."""
+        """Add a replica to a Deployment that finds no node for a while, then starts."""
         deployment = self.deployments[self.rng.randrange(len(self.deployments))]
         if deployment.rolling:
             return
@@ -1355,7 +1453,7 @@ class SyntheticCluster:
         self._at(now + 60_000, self._still_unschedulable, pod, event, until)
 
     def _image_pull_failure(self, now: int) -> None:
-        """A rollout to an image tag that does not exist: the new pod cannot pull, then is rolled back."""
+        """Roll a Deployment out to an image tag that does not exist, then roll it back."""
         deployment = self.deployments[self.rng.randrange(len(self.deployments))]
         if deployment.rolling:
             return
@@ -1422,6 +1520,7 @@ class SyntheticCluster:
         pod.deletion_ms = now + 30_000
         self.running.remove(pod)
         self._emit_pod("MODIFIED", pod, now)
+        self._emit_endpoints("MODIFIED", pod.deployment, now)
         if pod.scheduled_ms is not None and pod.containers[0].state.get("running"):
             self._event(now, pod, "Normal", "Killing", f"Stopping container {pod.containers[0].name}")
         self._at(now + delete_after_ms, self._delete_pod, pod)

@@ -1,0 +1,168 @@
+"""Replay speed: simulated time per wall-clock second, from a history file to a caught-up worker.
+
+    python -m bench.replay_speed [--pods 10000] [--hours 24] [--tick-interval 1]
+
+bench/loadgen.py writes --hours of a --pods cluster to a watch-event file. With a worker already
+running (starter pack) and owning every partition, the clock starts, `kdiag replay FILE` publishes the
+file, and the clock stops when the worker has processed every record the replay delivered
+(its kdiag_worker_records_total counter, sampled every 0.5 s). Simulated time is the span of the
+file's observed times. The file's generation is not timed.
+
+`kdiag replay` sends a tick to every partition whenever a cluster's clock moved --tick-interval
+seconds (default 1, the replay's own default). It flushes the cluster's buffered changes before
+each tick, so the records are many and small. The summary shows how many changes a ChangeBatch
+carried on average.
+"""
+
+from __future__ import annotations
+
+import argparse
+import re
+import subprocess
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+from bench import (
+    KDIAG_BIN,
+    PACK_RULES,
+    BenchError,
+    Broker,
+    RssSampler,
+    WorkerProcess,
+    cleanup,
+    cpu_seconds,
+    end_offsets,
+    make_topics,
+    metric_sum,
+    progress,
+    report,
+    settings_env,
+    stop_process,
+)
+from bench.loadgen import SyntheticCluster, write_file
+
+POLL_SECONDS = 0.5
+
+
+def run(args: argparse.Namespace, broker: Broker) -> dict[str, Any]:
+    topics = make_topics(broker.bootstrap_servers, "replay", args.partitions)
+    settings = topics.settings
+    history = topics.work_dir / "history.jsonl"
+    try:
+        progress(f"writing {args.hours} h of a {args.pods}-pod cluster to {history}")
+        generation = write_file(SyntheticCluster(args.pods, args.hours, args.seed), history)
+        file_bytes = history.stat().st_size
+        worker = WorkerProcess(topics, rules=[PACK_RULES])
+        sampler = RssSampler(worker.pid).start()
+        try:
+            worker.wait_for_partitions()
+            progress(f"replaying {file_bytes / 1e9:.2f} GB into the worker")
+            figures = _replay_and_wait(args, topics, worker, history)
+        finally:
+            sampler.stop()
+            worker.stop()
+    finally:
+        cleanup(broker, topics)
+
+    simulated_seconds = generation.figures()["event_time_hours"] * 3600
+    wall = figures["wall_seconds"]
+    figures.update(
+        {
+            "pods": args.pods,
+            "hours": args.hours,
+            "changes": generation.changes,
+            "file_bytes": file_bytes,
+            "generation_seconds": round(generation.seconds, 1),
+            "simulated_seconds": round(simulated_seconds),
+            "simulated_seconds_per_wall_second": round(simulated_seconds / wall, 1),
+            "worker_peak_rss_mib": round(sampler.peak_kib / 1024, 1),
+        }
+    )
+    mean_changes = generation.changes / max(1, figures["change_records"])
+    figures["mean_changes_per_record"] = round(mean_changes, 2)
+    lines = [
+        f"history: {generation.changes} changes over {simulated_seconds / 3600:.1f} h of a {args.pods}-pod cluster, "
+        f"{file_bytes / 1e9:.2f} GB of watch events (generated in {generation.seconds:.0f} s, not timed)",
+        f"records: {figures['records']} ({figures['change_records']} ChangeBatch records of changes, "
+        f"{mean_changes:.2f} changes each on average, and {figures['records'] - figures['change_records']} tick records)",
+        f"kdiag replay finished after {figures['replay_seconds']:.1f} s; the worker caught up "
+        f"{wall - figures['replay_seconds']:.1f} s later",
+        f"replay speed: {figures['simulated_seconds_per_wall_second']:,.0f} simulated seconds per wall second "
+        f"({simulated_seconds / 3600:.1f} h in {wall:.1f} s), {generation.changes / wall:,.0f} changes/s end to end",
+        f"worker: {figures['worker_cpu_seconds']:.0f} s CPU, peak RSS {figures['worker_peak_rss_mib']:.0f} MiB, "
+        f"{figures['alerts']} alert transitions",
+    ]
+    report("replay_speed", lines, figures)
+    return figures
+
+
+def _replay_and_wait(args: argparse.Namespace, topics: Any, worker: WorkerProcess, history: Path) -> dict[str, Any]:
+    settings = topics.settings
+    command = [
+        str(KDIAG_BIN), "replay", str(history),
+        "--cluster", settings.cluster,
+        "--tick-interval", str(args.tick_interval),
+    ]
+    cpu_before = cpu_seconds(worker.pid) or 0.0
+    started = time.monotonic()
+    replay = subprocess.Popen(
+        command, env=settings_env(settings), cwd=topics.work_dir, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True
+    )
+    try:
+        stdout, stderr = replay.communicate(timeout=args.timeout)
+    except subprocess.TimeoutExpired:
+        stop_process(replay)
+        raise BenchError(f"kdiag replay did not finish within {args.timeout} s") from None
+    replay_seconds = time.monotonic() - started
+    if replay.returncode != 0:
+        raise BenchError(f"kdiag replay exited with status {replay.returncode}:\n{stderr[-3000:]}")
+    match = re.search(r"(\d+) changes in (\d+) batches, (\d+) ticks", stdout)
+    if match is None:
+        raise BenchError(f"unexpected kdiag replay output:\n{stdout[-2000:]}")
+    change_records = int(match.group(2))
+    records = sum(end_offsets(settings.bootstrap_servers, settings.changes_topic, settings.partitions))
+    deadline = started + args.timeout
+    while True:
+        worker.check_running()
+        metrics = worker.metrics() or {}
+        if metric_sum(metrics, "kdiag_worker_records_total") >= records:
+            break
+        if time.monotonic() > deadline:
+            raise BenchError(f"the worker did not catch up within {args.timeout} s:\n{worker.log_tail()}")
+        time.sleep(POLL_SECONDS)
+    wall = time.monotonic() - started
+    return {
+        "wall_seconds": round(wall, 2),
+        "replay_seconds": round(replay_seconds, 2),
+        "records": records,
+        "change_records": change_records,
+        "ticks": int(match.group(3)),
+        "alerts": int(metric_sum(metrics, "kdiag_worker_alerts_total")),
+        "worker_cpu_seconds": round((cpu_seconds(worker.pid) or 0.0) - cpu_before, 1),
+        "tick_interval_seconds": args.tick_interval,
+    }
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--pods", type=int, default=10_000, help="pods of the synthetic cluster (default 10000)")
+    parser.add_argument("--hours", type=float, default=24.0, help="hours of history (default 24)")
+    parser.add_argument("--seed", type=int, default=1, help="load generator seed (default 1)")
+    parser.add_argument("--tick-interval", type=float, default=1.0, help="kdiag replay --tick-interval in seconds (default 1)")
+    parser.add_argument("--partitions", type=int, default=6, help="partitions of the changes topic (default 6)")
+    parser.add_argument("--timeout", type=float, default=1800.0, help="give up after this many seconds (default 1800)")
+    parser.add_argument("--bootstrap-servers", help="use this broker instead of starting one")
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m bench.replay_speed", description=__doc__.splitlines()[0])
+    add_arguments(parser)
+    args = parser.parse_args(argv)
+    with Broker(args.bootstrap_servers) as broker:
+        run(args, broker)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
