@@ -52,6 +52,11 @@ class Settings:
         """Compacted topic that backs the worker's RocksDB state."""
         return f"{self.app_id}-state-changelog"
 
+    @property
+    def cluster_objects_topic(self) -> str:
+        """Compacted topic of the cluster-scoped objects that reference rules read, for every worker."""
+        return f"{self.app_id}-cluster-objects"
+
     def replace(self, **changes: object) -> "Settings":
         return dataclasses.replace(self, **changes)
 

@@ -26,6 +26,7 @@ def topic_specs(settings: Settings) -> list[NewTopic]:
         NewTopic(settings.alerts_topic, settings.partitions, replication),
         NewTopic(settings.dead_letter_topic, 1, replication),
         NewTopic(settings.rules_topic, 1, replication, config={"cleanup.policy": "compact"}),
+        NewTopic(settings.cluster_objects_topic, 1, replication, config={"cleanup.policy": "compact"}),
         NewTopic(settings.events_topic, settings.partitions, replication),
         NewTopic(settings.graded_alerts_topic, settings.partitions, replication),
         NewTopic(settings.actions_topic, settings.partitions, replication),

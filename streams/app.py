@@ -17,6 +17,7 @@ import faust
 
 from kdiag.rules import RuleSet
 from kdiag.settings import Settings
+from streams.cluster_objects import ClusterObjects
 from streams.runtime import InputRecord, WorkerRuntime
 
 log = logging.getLogger(__name__)
@@ -37,7 +38,9 @@ def stop_after_fatal_error(error: Exception) -> None:
     os._exit(EXIT_FATAL)
 
 
-def create_app(settings: Settings, rules: Callable[[], RuleSet]) -> tuple[faust.App, WorkerRuntime]:
+def create_app(
+    settings: Settings, rules: Callable[[], RuleSet], cluster_objects: ClusterObjects | None = None
+) -> tuple[faust.App, WorkerRuntime]:
     """Build the Faust app. `rules` returns the rule set in force; it is called once per batch."""
     app = faust.App(
         settings.app_id,
@@ -53,7 +56,7 @@ def create_app(settings: Settings, rules: Callable[[], RuleSet]) -> tuple[faust.
         broker_heartbeat_interval=settings.heartbeat_interval_seconds,
         stream_wait_empty=False,
     )
-    runtime = WorkerRuntime(settings, rules)
+    runtime = WorkerRuntime(settings, rules, cluster_objects)
     changes = app.topic(settings.changes_topic, key_type=bytes, value_type=bytes, internal=False)
 
     @app.agent(changes, name="evaluate-rules")

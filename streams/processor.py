@@ -70,9 +70,12 @@ class PartitionProcessor:
         partitions: int = 1,
         lookup: Callable[[bytes], bytes | None] = lambda key: None,
         scan: Callable[[bytes], Iterable[bytes]] = lambda prefix: (),
+        cluster_objects: Callable[[ObjectKey], dict[str, Any] | None] | None = None,
     ) -> None:
         """`partitions` is the changes topic's partition count. `lookup` reads one committed state key
-        and `scan` returns the committed keys with a prefix."""
+        and `scan` returns the committed keys with a prefix. `cluster_objects` returns cluster-scoped
+        objects that other partitions received; without it, rules that read them match only on the
+        partition that receives them."""
         self.topic = topic
         self.partition = partition
         self.partitions = partitions
@@ -81,6 +84,9 @@ class PartitionProcessor:
         self.next_offset = next_offset
         self.references = ReferenceStore(lookup, scan)
         self.plan = ReferencePlan.from_rule_set(rule_set)
+        self._cluster_objects = cluster_objects
+        # Projections of cluster-scoped objects for the cluster-objects topic, taken at the commit.
+        self.cluster_object_writes: list[tuple[ObjectKey, dict[str, Any] | None]] = []
         # Periodic checks per cluster: a heap of (due time, uid, rule), and what is on it.
         self._checks: dict[str, list[tuple[int, str, str]]] = {}
         self._scheduled: set[tuple[str, str, str]] = set()
@@ -105,7 +111,13 @@ class PartitionProcessor:
             result.alerts.extend(self.tracker.drop_rule(rule))
 
     def has_state_writes(self) -> bool:
-        return bool(self.tracker.dirty or self._clocks_changed or self._offset_changed or self.references.has_writes())
+        return bool(
+            self.tracker.dirty
+            or self._clocks_changed
+            or self._offset_changed
+            or self.references.has_writes()
+            or self.cluster_object_writes
+        )
 
     def process(self, offset: int, value: bytes | None, result: BatchResult) -> None:
         """Apply one record. Records before next_offset were committed already and are skipped."""
@@ -179,7 +191,10 @@ class PartitionProcessor:
             return
         if referenced:
             result.alerts.extend(self.tracker.advance(cluster, time_ms))
-            if self.references.put(object_key, self.plan.project(obj)):
+            projection = self.plan.project(obj)
+            if self.references.put(object_key, projection):
+                if ref.kind in CLUSTER_SCOPED_KINDS:
+                    self.cluster_object_writes.append((object_key, projection))
                 result.alerts.extend(self._recheck_referrers(object_key, time_ms))
         if rules:
             self._evaluate_change(ref, obj, rules, time_ms, result)
@@ -189,13 +204,15 @@ class PartitionProcessor:
         if self._reference_rules(ref.kind) or self._has_periodic_rules(ref.kind):
             self._forget_referrer(ref.cluster, ref.uid)
         if referenced and self.references.delete(object_key):
+            if ref.kind in CLUSTER_SCOPED_KINDS:
+                self.cluster_object_writes.append((object_key, None))
             result.alerts.extend(self._recheck_referrers(object_key, time_ms))
 
     def _evaluate_change(self, ref: ObjectRef, obj: dict[str, Any], rules: Any, time_ms: int, result: BatchResult) -> None:
         """Evaluate the rules of a changed object. Periodic rules are only scheduled: they run at their
         check times."""
         cluster = ref.cluster
-        resolve = self.references.resolver(cluster)
+        resolve = self._resolver(cluster)
         results = []
         reference_rules = []
         periodic_rules = []
@@ -220,14 +237,39 @@ class PartitionProcessor:
 
     # References
 
-    def _can_resolve(self, rule: Any, cluster: str) -> bool:
-        """Whether this partition has the objects the rule refers to.
+    def _owns_cluster_scoped(self, cluster: str) -> bool:
+        """Whether the cluster's cluster-scoped objects arrive on this partition (key "<cluster>/")."""
+        return partition_for_key(topic_key(cluster, "").encode(), self.partitions) == self.partition
 
-        Cluster-scoped objects arrive only on the partition of key "<cluster>/".
-        """
+    def _can_resolve(self, rule: Any, cluster: str) -> bool:
+        """Whether this partition can look up every object the rule refers to."""
+        if self._cluster_objects is not None:
+            return True
         if not any(kind in CLUSTER_SCOPED_KINDS for kind in self._rule_target_kinds(rule)):
             return True
-        return partition_for_key(topic_key(cluster, "").encode(), self.partitions) == self.partition
+        return self._owns_cluster_scoped(cluster)
+
+    def _resolver(self, cluster: str) -> Callable[[str, str, str], dict[str, Any] | None]:
+        local = self.references.resolver(cluster)
+        if self._cluster_objects is None or self._owns_cluster_scoped(cluster):
+            return local
+        shared = self._cluster_objects
+
+        def resolve(kind: str, namespace: str, name: str) -> dict[str, Any] | None:
+            if kind in CLUSTER_SCOPED_KINDS:
+                return shared((cluster, kind, "", name))
+            return local(kind, namespace, name)
+
+        return resolve
+
+    def recheck_cluster_objects(self, keys: Iterable[ObjectKey], result: BatchResult) -> None:
+        """Evaluate again the referrers of cluster-scoped objects that another partition changed."""
+        for key in sorted(keys):
+            cluster = key[0]
+            clock = self.tracker.clock(cluster)
+            if clock is None or self._owns_cluster_scoped(cluster):
+                continue  # No object of that cluster here yet, or this partition rechecked at the change.
+            result.alerts.extend(self._recheck_referrers(key, clock))
 
     @staticmethod
     def _rule_target_kinds(rule: Any) -> set[str]:
@@ -240,7 +282,7 @@ class PartitionProcessor:
         return [rule for rule in self.rule_set.rules_for_kind(kind) if rule.uses_references]
 
     def _evaluate_references(self, ref: ObjectRef, obj: dict[str, Any], rules: list[Any], time_ms: int) -> list[AlertEvent]:
-        resolve = self.references.resolver(ref.cluster)
+        resolve = self._resolver(ref.cluster)
         results = []
         for rule in rules:
             if not rule.uses_references:

@@ -14,9 +14,8 @@ worker keeps three things in RocksDB and the changelog, each written only when i
 Namespaced objects are co-partitioned with the objects that refer to them, because the topic key
 is cluster/namespace.
 
-NOTE: cluster-scoped objects (Node, StorageClass, PersistentVolume) all land on the partition of
-key "<cluster>/". A reference to them therefore resolves only for objects on that partition.
-Elsewhere the rules that read such references do not match.
+Cluster-scoped objects (Node, StorageClass, PersistentVolume) all land on the partition of key
+"<cluster>/". Other partitions look them up in the cluster-objects topic (streams/cluster_objects.py).
 """
 
 from __future__ import annotations

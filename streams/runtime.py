@@ -12,6 +12,7 @@ import time
 from dataclasses import dataclass
 from typing import Callable, Iterable, Sequence
 
+import orjson
 from confluent_kafka import KafkaException
 
 from kdiag.durations import FIRING_STATUS
@@ -19,6 +20,7 @@ from kdiag.errors import KdiagError
 from kdiag.rules import RuleSet
 from kdiag.settings import Settings
 from streams import metrics
+from streams.cluster_objects import ClusterObjects, encode_key
 from streams.processor import BatchResult, PartitionProcessor
 from streams.state import PartitionStore, restore
 from streams.transactions import PartitionTransactions, TransactionAborted
@@ -38,10 +40,15 @@ class InputRecord:
 class PartitionRuntime:
     """State, processor and producer of one owned partition."""
 
-    def __init__(self, settings: Settings, partition: int, rule_set: RuleSet) -> None:
+    def __init__(
+        self, settings: Settings, partition: int, rule_set: RuleSet, cluster_objects: ClusterObjects | None = None
+    ) -> None:
         self.settings = settings
         self.partition = partition
         self.rule_set = rule_set
+        self.cluster_objects = cluster_objects
+        # Cluster-scoped objects that changed elsewhere, to recheck at this partition's next batch.
+        self.pending_cluster_objects: set[tuple[str, str, str, str]] = set()
         self.transactions = PartitionTransactions(settings, partition)
         self.transactions.initialize()
         self.store = PartitionStore(settings.state_dir / settings.app_id, partition)
@@ -73,6 +80,7 @@ class PartitionRuntime:
             partitions=self.settings.partitions,
             lookup=self.store.get,
             scan=self.store.scan_keys,
+            cluster_objects=self.cluster_objects.get if self.cluster_objects is not None else None,
         )
 
     def process(self, records: Sequence[InputRecord], rule_set: RuleSet) -> BatchResult:
@@ -83,14 +91,21 @@ class PartitionRuntime:
         for attempt in range(1, MAX_TRANSACTION_ATTEMPTS + 1):
             result = BatchResult()
             self.processor.update_rules(rule_set, result)
+            self.processor.recheck_cluster_objects(self.pending_cluster_objects, result)
             for record in records:
                 self.processor.process(record.offset, record.value, result)
             if not self.processor.has_state_writes() and not result.alerts:
+                self.pending_cluster_objects.clear()
                 return result
             writes = self.processor.take_state_writes()
+            shared = [
+                (encode_key(key), orjson.dumps(value) if value is not None else None)
+                for key, value in self.processor.cluster_object_writes
+            ]
+            self.processor.cluster_object_writes.clear()
             try:
                 changelog_offset = self.transactions.commit(
-                    result.encoded_alerts(), result.encoded_dead_letters(), writes
+                    result.encoded_alerts(), result.encoded_dead_letters(), writes, shared
                 )
             except TransactionAborted:
                 metrics.TRANSACTIONS.labels("aborted").inc()
@@ -107,6 +122,7 @@ class PartitionRuntime:
             metrics.TRANSACTIONS.labels("committed").inc()
             self.store.apply(writes, changelog_offset)
             self.rule_set = rule_set
+            self.pending_cluster_objects.clear()
             return result
         raise KdiagError(
             f"{MAX_TRANSACTION_ATTEMPTS} transactions in a row aborted for "
@@ -121,9 +137,12 @@ class PartitionRuntime:
 class WorkerRuntime:
     """The partitions this worker owns. `rules` returns the rule set in force, read before each batch."""
 
-    def __init__(self, settings: Settings, rules: Callable[[], RuleSet]) -> None:
+    def __init__(
+        self, settings: Settings, rules: Callable[[], RuleSet], cluster_objects: ClusterObjects | None = None
+    ) -> None:
         self.settings = settings
         self.rules = rules
+        self.cluster_objects = cluster_objects
         self.assigned: set[int] = set()
         self.partitions: dict[int, PartitionRuntime] = {}
 
@@ -148,6 +167,10 @@ class WorkerRuntime:
         """Process one batch of events, in order within each partition."""
         started = time.perf_counter()
         rule_set = self.rules()
+        if self.cluster_objects is not None:
+            changed = self.cluster_objects.take_changed()
+            for runtime in self.partitions.values():
+                runtime.pending_cluster_objects |= changed
         by_partition: dict[int, list[InputRecord]] = {}
         for record in records:
             by_partition.setdefault(record.partition, []).append(record)
@@ -158,7 +181,9 @@ class WorkerRuntime:
                 continue
             runtime = self.partitions.get(partition)
             if runtime is None:
-                runtime = self.partitions[partition] = PartitionRuntime(self.settings, partition, rule_set)
+                runtime = self.partitions[partition] = PartitionRuntime(
+                    self.settings, partition, rule_set, self.cluster_objects
+                )
             try:
                 result = runtime.process(partition_records, rule_set)
             except KafkaException as error:

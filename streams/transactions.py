@@ -60,6 +60,7 @@ class PartitionTransactions:
         alerts: Sequence[tuple[bytes, bytes]],
         dead_letters: Sequence[bytes],
         state_writes: Sequence[tuple[bytes, bytes | None]],
+        cluster_objects: Sequence[tuple[bytes, bytes | None]] = (),
         timeout_seconds: float = 60.0,
     ) -> int:
         """Produce one batch's outputs in one transaction. Returns the newest changelog offset written.
@@ -77,6 +78,8 @@ class PartitionTransactions:
                 producer.produce(settings.alerts_topic, value=value, key=key, on_delivery=self._on_delivery)
             for value in dead_letters:
                 producer.produce(settings.dead_letter_topic, value=value, on_delivery=self._on_delivery)
+            for key, value in cluster_objects:
+                producer.produce(settings.cluster_objects_topic, value=value, key=key, on_delivery=self._on_delivery)
             for key, value in state_writes:
                 producer.produce(
                     settings.changelog_topic,

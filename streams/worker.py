@@ -17,6 +17,7 @@ from kdiag.rules import RuleSet, load_rules
 from kdiag.settings import Settings
 from kdiag.topics import ensure_topics
 from streams.app import create_app
+from streams.cluster_objects import ClusterObjects
 
 log = logging.getLogger(__name__)
 
@@ -73,7 +74,9 @@ def run(args: argparse.Namespace, settings: Settings) -> int:
             "metrics_port": settings.metrics_port,
         },
     )
-    app, runtime = create_app(settings, rules)
+    cluster_objects = ClusterObjects(settings)
+    cluster_objects.start()
+    app, runtime = create_app(settings, rules, cluster_objects)
     code = 0
     worker = faust.Worker(app, quiet=True, redirect_stdouts=False, override_logging=False, loglevel="WARNING")
     try:
@@ -84,6 +87,7 @@ def run(args: argparse.Namespace, settings: Settings) -> int:
         runtime.close()
         if feed is not None:
             feed.stop()
+        cluster_objects.stop()
         log.info("worker stopped", extra={"app_id": settings.app_id, "exit_status": code})
     # Faust's consumer thread can outlive its event loop and keep the process alive. Everything the
     # worker produced is committed in Kafka transactions by now, so leaving at once loses nothing.

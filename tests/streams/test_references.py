@@ -288,3 +288,37 @@ def test_periodic_checks_stop_after_delete():
     harness.feed(tick(T0 + 600_000))
     assert harness.transitions() == []
     assert [key for key in harness.state if key.startswith(b"a\x1f")] == []
+
+
+def storage_class(name: str) -> dict:
+    return {"apiVersion": "storage.k8s.io/v1", "kind": "StorageClass", "metadata": {"name": name, "uid": f"sc-{name}"},
+            "provisioner": "example.com/disk"}
+
+
+def test_cluster_scoped_reference_uses_shared_objects_elsewhere():
+    from kdiag.partitioning import partition_for_key
+
+    shared: dict = {}
+    other = (partition_for_key(b"c1/", 6) + 1) % 6
+    harness = Harness(partition=other, partitions=6)
+    harness.processor = PartitionProcessor("changes", other, RULES, [], {}, 0, partitions=6,
+                                           lookup=harness.state.get, scan=harness.scan, cluster_objects=shared.get)
+    harness.feed(record(pvc("fast"), T0))
+    harness.feed(tick(T0 + 60_000))
+    assert harness.transitions() == [("FIRING", "PVCStorageClassMissing", "")]
+
+    shared[("c1", "StorageClass", "", "fast")] = {"kind": "StorageClass", "metadata": {"name": "fast"}}
+    result = BatchResult()
+    harness.processor.recheck_cluster_objects({("c1", "StorageClass", "", "fast")}, result)
+    assert [(event.status, event.entry.rule) for event in result.alerts] == [("RESOLVED", "PVCStorageClassMissing")]
+
+
+def test_owner_partition_publishes_cluster_objects():
+    from kdiag.partitioning import partition_for_key
+
+    owner = partition_for_key(b"c1/", 6)
+    harness = Harness(partition=owner, partitions=6)
+    harness.feed(record(storage_class("fast"), T0))
+    writes = harness.processor.cluster_object_writes
+    assert [key for key, _ in writes] == [("c1", "StorageClass", "", "fast")]
+    assert writes[0][1]["metadata"]["name"] == "fast"

@@ -299,3 +299,45 @@ def test_references_same_with_one_and_three_workers(make_pipeline, tmp_path: Pat
         assert web_fired == (number % 2 == 1), f"web-0 of {namespace}"
     resolved = {(alert[2], alert[5], alert[6], alert[12]) for alert in runs[1] if alert[1] == "RESOLVED"}
     assert {("PodConfigMapMissing", f"team-{number}", "web-0", "recovered") for number in (1, 3, 5, 7)} <= resolved
+
+
+def produce_tick(pipeline, cluster: str, time_ms: int) -> None:
+    producer = Producer({"bootstrap.servers": pipeline.settings.bootstrap_servers})
+    tick = codec("ChangeBatch").encode({"changes": [], "tick": {"cluster": cluster, "time": time_ms, "source": "test"}})
+    for partition in range(pipeline.settings.partitions):
+        producer.produce(pipeline.settings.changes_topic, key=cluster.encode(), value=tick, partition=partition)
+    assert producer.flush(30) == 0
+
+
+def test_cluster_scoped_reference_across_partitions(pipeline, tmp_path: Path):
+    from kdiag.partitioning import partition_for_key
+
+    partitions = pipeline.settings.partitions
+    owner = partition_for_key(b"sc/", partitions)
+    namespace = next(f"team-{n}" for n in range(100) if partition_for_key(f"sc/team-{n}".encode(), partitions) != owner)
+    claim = {"apiVersion": "v1", "kind": "PersistentVolumeClaim",
+             "metadata": {"name": "data", "namespace": namespace, "uid": "pvc-1"},
+             "spec": {"storageClassName": "fast"}, "status": {"phase": "Pending"}}
+    fast = {"apiVersion": "storage.k8s.io/v1", "kind": "StorageClass", "metadata": {"name": "fast", "uid": "sc-1"},
+            "provisioner": "example.com/disk"}
+    # The claim's partition learns of the StorageClass through the cluster-objects topic, whose
+    # timing is not event time, so the StorageClass is replayed only after the alert fired.
+    first = tmp_path / "claim.jsonl"
+    first.write_text(orjson.dumps({"type": "ADDED", "object": claim, "time": "2021-03-01T10:00:00Z"}).decode() + "\n")
+    later = tmp_path / "storage-class.jsonl"
+    later.write_text(orjson.dumps({"type": "ADDED", "object": fast, "time": "2021-03-01T10:05:00Z"}).decode() + "\n")
+    pipeline.start_worker()
+    pipeline.replay(str(first), "--cluster", "sc", "--hold", "2m")
+    fired = [(alert["status"], alert["rule"]) for alert in pipeline.wait_for_alerts() if alert["name"] == "data"]
+    assert ("FIRING", "PVCStorageClassMissing") in fired
+
+    pipeline.replay(str(later), "--cluster", "sc", "--start", "2021-03-01T10:05:00Z", "--hold", "1m")
+    deadline = time.monotonic() + 60
+    while time.monotonic() < deadline:
+        alerts = [alert for alert in pipeline.wait_for_alerts() if alert["rule"] == "PVCStorageClassMissing"]
+        if any(alert["status"] == "RESOLVED" for alert in alerts):
+            break
+        # A tick gives the claim's partition a batch, in which it rechecks changed cluster objects.
+        produce_tick(pipeline, "sc", 1_614_593_220_000)
+        time.sleep(1)
+    assert [(alert["status"], alert["resolveReason"]) for alert in alerts] == [("FIRING", ""), ("RESOLVED", "recovered")]
