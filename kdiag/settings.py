@@ -53,6 +53,11 @@ class Settings:
         return f"{self.app_id}-state-changelog"
 
     @property
+    def center_changelog_topic(self) -> str:
+        """Compacted topic that backs the alert center's RocksDB state."""
+        return f"{self.app_id}-center-changelog"
+
+    @property
     def cluster_objects_topic(self) -> str:
         """Compacted topic of the cluster-scoped objects that reference rules read, for every worker."""
         return f"{self.app_id}-cluster-objects"

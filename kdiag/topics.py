@@ -27,6 +27,12 @@ def topic_specs(settings: Settings) -> list[NewTopic]:
         NewTopic(settings.dead_letter_topic, 1, replication),
         NewTopic(settings.rules_topic, 1, replication, config={"cleanup.policy": "compact"}),
         NewTopic(settings.cluster_objects_topic, 1, replication, config={"cleanup.policy": "compact"}),
+        NewTopic(
+            settings.center_changelog_topic,
+            settings.partitions,
+            replication,
+            config={"cleanup.policy": "compact", "min.compaction.lag.ms": "60000"},
+        ),
         NewTopic(settings.events_topic, settings.partitions, replication),
         NewTopic(settings.graded_alerts_topic, settings.partitions, replication),
         NewTopic(settings.actions_topic, settings.partitions, replication),
@@ -82,14 +88,15 @@ def _partition_count(admin: AdminClient, topic: str, timeout_seconds: float) -> 
         time.sleep(0.1)
 
 
-def consumer_lag(settings: Settings, timeout_seconds: float = 30.0) -> int | None:
-    """Return how many changes-topic records the worker group has not committed yet.
+def consumer_lag(settings: Settings, timeout_seconds: float = 30.0, topic: str | None = None) -> int | None:
+    """Return how many records of `topic` (default: the changes topic) the worker group has not
+    committed yet.
 
     Returns None while the group coordinator is unavailable, e.g. right after the broker started.
     """
     consumer = Consumer({"bootstrap.servers": settings.bootstrap_servers, "group.id": settings.app_id})
     try:
-        partitions = [TopicPartition(settings.changes_topic, p) for p in range(settings.partitions)]
+        partitions = [TopicPartition(topic or settings.changes_topic, p) for p in range(settings.partitions)]
         try:
             committed = consumer.committed(partitions, timeout=timeout_seconds)
         except KafkaException:

@@ -17,6 +17,7 @@ import faust
 
 from kdiag.rules import RuleSet
 from kdiag.settings import Settings
+from streams.center import CenterRecord, CenterRuntime
 from streams.cluster_objects import ClusterObjects
 from streams.runtime import InputRecord, WorkerRuntime
 
@@ -72,16 +73,38 @@ def create_app(
             except Exception as error:
                 stop_after_fatal_error(error)
 
+    center = CenterRuntime(settings)
+    center_inputs = app.topic(
+        settings.events_topic, settings.actions_topic, key_type=bytes, value_type=bytes, internal=False
+    )
+
+    @app.agent(center_inputs, name="grade-alerts")
+    async def grade_alerts(stream: faust.Stream) -> None:
+        async for events in stream.take_events(
+            settings.batch_max_records, within=settings.commit_interval_seconds
+        ):
+            records = [
+                CenterRecord(event.message.topic, event.message.partition, event.message.offset, event.value)
+                for event in events
+            ]
+            try:
+                center.process(records)
+            except Exception as error:
+                stop_after_fatal_error(error)
+
     @app.on_partitions_assigned.connect
     async def on_assigned(sender: Any, assigned: set[Any], **kwargs: Any) -> None:
         runtime.assign(tp.partition for tp in assigned if tp.topic == settings.changes_topic)
+        center.assign({tp.partition for tp in assigned if tp.topic in (settings.events_topic, settings.actions_topic)})
 
     @app.on_partitions_revoked.connect
     async def on_revoked(sender: Any, revoked: set[Any], **kwargs: Any) -> None:
         runtime.release(tp.partition for tp in revoked if tp.topic == settings.changes_topic)
+        center.release({tp.partition for tp in revoked if tp.topic in (settings.events_topic, settings.actions_topic)})
 
     @app.on_before_shutdown.connect
     async def on_shutdown(sender: Any, **kwargs: Any) -> None:
         runtime.close()
+        center.close()
 
     return app, runtime

@@ -16,6 +16,7 @@ from typing import Any
 
 import orjson
 
+from kdiag.alertcenter.events import alert_to_event
 from kdiag.codec import codec
 from kdiag.durations import AlertEvent, DurationTracker, Entry, ObjectRef
 from kdiag.model import topic_key
@@ -33,6 +34,7 @@ log = logging.getLogger(__name__)
 CHANGE_BATCH = codec("ChangeBatch")
 ALERT = codec("Alert")
 DEAD_LETTER = codec("DeadLetter")
+EVENT = codec("Event")
 MAX_DEAD_LETTER_PAYLOAD_BYTES = 65_536
 
 
@@ -53,6 +55,14 @@ class BatchResult:
 
     def encoded_alerts(self) -> list[tuple[bytes, bytes]]:
         return [(event.entry.fingerprint.encode(), ALERT.encode(event.to_avro())) for event in self.alerts]
+
+    def encoded_events(self) -> list[tuple[bytes, bytes]]:
+        """The alerts as DIAGNOSIS events for the alert center, keyed by rule."""
+        events = []
+        for event in self.alerts:
+            record = alert_to_event(event.to_avro())
+            events.append((event.entry.rule.encode(), EVENT.encode(record.to_avro())))
+        return events
 
     def encoded_dead_letters(self) -> list[bytes]:
         return [DEAD_LETTER.encode(letter) for letter in self.dead_letters]

@@ -105,7 +105,7 @@ class PartitionRuntime:
             self.processor.cluster_object_writes.clear()
             try:
                 changelog_offset = self.transactions.commit(
-                    result.encoded_alerts(), result.encoded_dead_letters(), writes, shared
+                    result.encoded_alerts(), result.encoded_dead_letters(), writes, shared, result.encoded_events()
                 )
             except TransactionAborted:
                 metrics.TRANSACTIONS.labels("aborted").inc()

@@ -19,16 +19,27 @@ from kdiag.settings import Settings
 
 log = logging.getLogger(__name__)
 
+Output = tuple[str, bytes | None, bytes | None]  # topic, key, value
+
 
 class TransactionAborted(KdiagError):
     """The transaction was aborted; the batch must be processed again from committed state."""
 
 
 class PartitionTransactions:
-    def __init__(self, settings: Settings, partition: int) -> None:
+    def __init__(
+        self,
+        settings: Settings,
+        partition: int,
+        input_topic: str | None = None,
+        changelog_topic: str | None = None,
+    ) -> None:
+        """`input_topic` (default: the changes topic) names the transactional.id; `changelog_topic`
+        (default: the rule worker's changelog) receives the state writes."""
         self.settings = settings
         self.partition = partition
-        self.transactional_id = f"{settings.app_id}-{settings.changes_topic}-{partition}"
+        self.changelog_topic = changelog_topic or settings.changelog_topic
+        self.transactional_id = f"{settings.app_id}-{input_topic or settings.changes_topic}-{partition}"
         self._producer = Producer(
             {
                 "bootstrap.servers": settings.bootstrap_servers,
@@ -52,7 +63,7 @@ class PartitionTransactions:
     def _on_delivery(self, error: object, message: Message) -> None:
         if error is not None:
             self._delivery_error = f"{message.topic()}[{message.partition()}]: {error}"
-        elif message.topic() == self.settings.changelog_topic:
+        elif message.topic() == self.changelog_topic:
             self._changelog_high = max(self._changelog_high, message.offset())
 
     def commit(
@@ -61,9 +72,25 @@ class PartitionTransactions:
         dead_letters: Sequence[bytes],
         state_writes: Sequence[tuple[bytes, bytes | None]],
         cluster_objects: Sequence[tuple[bytes, bytes | None]] = (),
+        events: Sequence[tuple[bytes, bytes]] = (),
         timeout_seconds: float = 60.0,
     ) -> int:
-        """Produce one batch's outputs in one transaction. Returns the newest changelog offset written.
+        """Produce one rule-worker batch's outputs in one transaction; see commit_outputs."""
+        settings = self.settings
+        outputs: list[Output] = [(settings.alerts_topic, key, value) for key, value in alerts]
+        outputs += [(settings.dead_letter_topic, None, value) for value in dead_letters]
+        outputs += [(settings.cluster_objects_topic, key, value) for key, value in cluster_objects]
+        outputs += [(settings.events_topic, key, value) for key, value in events]
+        return self.commit_outputs(outputs, state_writes, timeout_seconds)
+
+    def commit_outputs(
+        self,
+        outputs: Sequence[Output],
+        state_writes: Sequence[tuple[bytes, bytes | None]],
+        timeout_seconds: float = 60.0,
+    ) -> int:
+        """Produce (topic, key, value) outputs and the partition's changelog writes in one transaction.
+        Returns the newest changelog offset written.
 
         Raises TransactionAborted when the transaction had to be aborted, and KafkaException for fatal
         errors such as being fenced by a newer owner of the partition.
@@ -71,18 +98,13 @@ class PartitionTransactions:
         self._changelog_high = -1
         self._delivery_error = None
         producer = self._producer
-        settings = self.settings
         try:
             producer.begin_transaction()
-            for key, value in alerts:
-                producer.produce(settings.alerts_topic, value=value, key=key, on_delivery=self._on_delivery)
-            for value in dead_letters:
-                producer.produce(settings.dead_letter_topic, value=value, on_delivery=self._on_delivery)
-            for key, value in cluster_objects:
-                producer.produce(settings.cluster_objects_topic, value=value, key=key, on_delivery=self._on_delivery)
+            for topic, key, value in outputs:
+                producer.produce(topic, value=value, key=key, on_delivery=self._on_delivery)
             for key, value in state_writes:
                 producer.produce(
-                    settings.changelog_topic,
+                    self.changelog_topic,
                     value=value,
                     key=key,
                     partition=self.partition,

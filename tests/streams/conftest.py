@@ -32,6 +32,9 @@ def settings_env(settings: Settings) -> dict[str, str]:
             "KDIAG_ALERTS_TOPIC": settings.alerts_topic,
             "KDIAG_DEAD_LETTER_TOPIC": settings.dead_letter_topic,
             "KDIAG_RULES_TOPIC": settings.rules_topic,
+            "KDIAG_EVENTS_TOPIC": settings.events_topic,
+            "KDIAG_GRADED_ALERTS_TOPIC": settings.graded_alerts_topic,
+            "KDIAG_ACTIONS_TOPIC": settings.actions_topic,
             "KDIAG_APP_ID": settings.app_id,
             "KDIAG_STATE_DIR": str(settings.state_dir),
             "KDIAG_PARTITIONS": str(settings.partitions),
@@ -125,6 +128,9 @@ class Pipeline:
     def alerts(self) -> list[dict]:
         return self.read_topic(self.settings.alerts_topic, "Alert")
 
+    def graded_alerts(self) -> list[dict]:
+        return self.read_topic(self.settings.graded_alerts_topic, "GradedAlert")
+
     def wait_for_alerts(self, timeout_seconds: float = 240.0) -> list[dict]:
         """Wait until the worker committed every changes-topic record, then return the alerts.
 
@@ -134,7 +140,8 @@ class Pipeline:
         while time.monotonic() < deadline:
             for process in self.workers:
                 assert process.poll() in (None, 0, -signal.SIGKILL, -signal.SIGTERM), self.worker_log()
-            if consumer_lag(self.settings) == 0:
+            settings = self.settings
+            if consumer_lag(settings) == 0 and consumer_lag(settings, topic=settings.events_topic) == 0:
                 return self.alerts()
             time.sleep(0.5)
         raise AssertionError(f"worker still behind after {timeout_seconds} s:\n{self.worker_log()[-5000:]}")
@@ -154,6 +161,9 @@ def make_pipeline(kafka_bootstrap: str, unique_name: str, tmp_path: Path) -> Ite
             alerts_topic=f"{name}-alerts",
             dead_letter_topic=f"{name}-dead-letters",
             rules_topic=f"{name}-rules",
+            events_topic=f"{name}-events",
+            graded_alerts_topic=f"{name}-graded",
+            actions_topic=f"{name}-actions",
             app_id=f"{name}-worker",
             state_dir=tmp_path / name / "state",
             partitions=3,

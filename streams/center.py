@@ -1,0 +1,231 @@
+"""The alert center stage: graded, de-duplicated alerts from the events and actions topics.
+
+Both topics are keyed by rule and have the same partition count, so partition p of each meets on one
+worker. Like the rule stage, each partition keeps its state (the AlertCenterState) in RocksDB backed
+by a changelog, and commits its graded alerts, state and next offsets in one Kafka transaction, so a
+killed worker neither repeats nor loses a graded alert or a level change.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from dataclasses import dataclass, field
+from typing import Any, Sequence
+
+from kdiag.alertcenter import AlertCenter, AlertCenterState
+from kdiag.alertcenter.events import Event
+from kdiag.codec import codec
+from kdiag.errors import DecodeError, KdiagError
+from kdiag.settings import Settings
+from streams import metrics
+from streams.state import PartitionStore, restore
+from streams.transactions import PartitionTransactions, TransactionAborted
+
+log = logging.getLogger(__name__)
+
+EVENT = codec("Event")
+ACTION = codec("Action")
+GRADED_ALERT = codec("GradedAlert")
+DEAD_LETTER = codec("DeadLetter")
+
+STATE_PREFIX = b"s\x1f"
+OFFSET_PREFIX = b"o\x1f"
+CLOCK_KEY = b"clock"
+MAX_TRANSACTION_ATTEMPTS = 3
+
+
+@dataclass
+class CenterResult:
+    graded: list[Any] = field(default_factory=list)
+    dead_letters: list[dict[str, Any]] = field(default_factory=list)
+    records: int = 0
+
+
+@dataclass(frozen=True, slots=True)
+class CenterRecord:
+    topic: str
+    partition: int
+    offset: int
+    value: bytes | None
+
+
+class CenterProcessor:
+    """Applies events and actions of one partition to the alert center. It does no I/O."""
+
+    def __init__(
+        self,
+        settings: Settings,
+        partition: int,
+        center: AlertCenter,
+        state: AlertCenterState,
+        next_offsets: dict[str, int],
+        clock_ms: int | None,
+    ) -> None:
+        self.settings = settings
+        self.partition = partition
+        self.center = center
+        self.state = state
+        self.next_offsets = dict(next_offsets)
+        self.clock_ms = clock_ms
+        self._offsets_changed: set[str] = set()
+        self._clock_changed = False
+
+    def process(self, record: CenterRecord, result: CenterResult) -> None:
+        """Apply one record; records below the topic's next offset were committed already."""
+        if record.offset < self.next_offsets.get(record.topic, 0):
+            return
+        self.next_offsets[record.topic] = record.offset + 1
+        self._offsets_changed.add(record.topic)
+        result.records += 1
+        try:
+            if record.topic == self.settings.actions_topic:
+                action = ACTION.decode(record.value)
+                result.graded.extend(self.center.acknowledge(action, self.state))
+                self._advance_clock(action["time"])
+            else:
+                event = Event.from_avro(EVENT.decode(record.value))
+                result.graded.extend(self.center.process(event, self.state))
+                self._advance_clock(event.observed_time_ms)
+        except DecodeError as error:
+            origin = f"{record.topic}[{record.partition}]@{record.offset}"
+            log.warning("record rejected", extra={"origin": origin, "reason": str(error)})
+            result.dead_letters.append(
+                {
+                    "origin": origin,
+                    "component": "alert-center",
+                    "reason": str(error),
+                    "payload": bytes((record.value or b"")[:65_536]),
+                    "time": int(time.time() * 1000),
+                }
+            )
+
+    def _advance_clock(self, time_ms: int) -> None:
+        if self.clock_ms is None or time_ms > self.clock_ms:
+            self.clock_ms = time_ms
+            self._clock_changed = True
+
+    def finish_batch(self, result: CenterResult) -> None:
+        """Expire quiet sources up to the partition's event time."""
+        if self.clock_ms is not None:
+            result.graded.extend(self.center.advance(self.state, now_ms=self.clock_ms))
+
+    def take_state_writes(self) -> list[tuple[bytes, bytes | None]]:
+        writes = [(STATE_PREFIX + key.encode(), value) for key, value in self.state.take_changes().items()]
+        for topic in sorted(self._offsets_changed):
+            writes.append((OFFSET_PREFIX + topic.encode(), str(self.next_offsets[topic]).encode()))
+        self._offsets_changed.clear()
+        if self._clock_changed and self.clock_ms is not None:
+            writes.append((CLOCK_KEY, str(self.clock_ms).encode()))
+            self._clock_changed = False
+        return writes
+
+
+def load_processor(store: PartitionStore, settings: Settings, partition: int, center: AlertCenter) -> CenterProcessor:
+    items = []
+    next_offsets: dict[str, int] = {}
+    for key in store.scan_keys(STATE_PREFIX):
+        items.append((key[len(STATE_PREFIX):].decode(), store.get(key)))
+    for key in store.scan_keys(OFFSET_PREFIX):
+        next_offsets[key[len(OFFSET_PREFIX):].decode()] = int(store.get(key))
+    raw_clock = store.get(CLOCK_KEY)
+    clock = int(raw_clock) if raw_clock is not None else None
+    return CenterProcessor(settings, partition, center, AlertCenterState.restore(items), next_offsets, clock)
+
+
+class CenterPartition:
+    """State, processor and transactional producer of one events-topic partition."""
+
+    def __init__(self, settings: Settings, partition: int, center: AlertCenter) -> None:
+        self.settings = settings
+        self.partition = partition
+        self.center = center
+        changelog = settings.center_changelog_topic
+        self.transactions = PartitionTransactions(settings, partition, settings.events_topic, changelog)
+        self.transactions.initialize()
+        self.store = PartitionStore(settings.state_dir / f"{settings.app_id}-center", partition)
+        applied = restore(self.store, settings.bootstrap_servers, changelog)
+        self.processor = load_processor(self.store, settings, partition, center)
+        log.info(
+            "alert center partition started",
+            extra={"topic": settings.events_topic, "partition": partition, "restored_records": applied,
+                   "alerts": len(self.processor.state.alerts)},
+        )
+
+    def process(self, records: Sequence[CenterRecord]) -> CenterResult:
+        for attempt in range(1, MAX_TRANSACTION_ATTEMPTS + 1):
+            result = CenterResult()
+            for record in records:
+                self.processor.process(record, result)
+            if result.records == 0:
+                return result
+            self.processor.finish_batch(result)
+            writes = self.processor.take_state_writes()
+            outputs = [
+                (self.settings.graded_alerts_topic, graded.fingerprint.encode(), GRADED_ALERT.encode(graded.to_avro()))
+                for graded in result.graded
+            ]
+            outputs += [(self.settings.dead_letter_topic, None, DEAD_LETTER.encode(letter)) for letter in result.dead_letters]
+            try:
+                changelog_offset = self.transactions.commit_outputs(outputs, writes)
+            except TransactionAborted:
+                metrics.TRANSACTIONS.labels("aborted").inc()
+                log.warning(
+                    "batch retried after an aborted transaction",
+                    extra={"topic": self.settings.events_topic, "partition": self.partition,
+                           "attempt": f"{attempt}/{MAX_TRANSACTION_ATTEMPTS}"},
+                )
+                self.processor = load_processor(self.store, self.settings, self.partition, self.center)
+                continue
+            metrics.TRANSACTIONS.labels("committed").inc()
+            self.store.apply(writes, changelog_offset)
+            return result
+        raise KdiagError(
+            f"{MAX_TRANSACTION_ATTEMPTS} transactions in a row aborted for {self.settings.events_topic}"
+            f"[{self.partition}]; check the broker's transaction coordinator"
+        )
+
+    def close(self) -> None:
+        self.transactions.close()
+        self.store.close()
+
+
+class CenterRuntime:
+    """The events-topic partitions this worker owns."""
+
+    def __init__(self, settings: Settings, center: AlertCenter | None = None) -> None:
+        self.settings = settings
+        self.center = center or AlertCenter()
+        self.assigned: set[int] = set()
+        self.partitions: dict[int, CenterPartition] = {}
+
+    def assign(self, partitions: set[int]) -> None:
+        self.assigned = set(partitions)
+        for partition in list(self.partitions):
+            if partition not in self.assigned:
+                self.partitions.pop(partition).close()
+
+    def release(self, partitions: set[int]) -> None:
+        for partition in partitions:
+            self.assigned.discard(partition)
+            runtime = self.partitions.pop(partition, None)
+            if runtime is not None:
+                runtime.close()
+
+    def process(self, records: Sequence[CenterRecord]) -> None:
+        by_partition: dict[int, list[CenterRecord]] = {}
+        for record in records:
+            by_partition.setdefault(record.partition, []).append(record)
+        for partition, partition_records in sorted(by_partition.items()):
+            if partition not in self.assigned:
+                continue
+            runtime = self.partitions.get(partition)
+            if runtime is None:
+                runtime = self.partitions[partition] = CenterPartition(self.settings, partition, self.center)
+            result = runtime.process(partition_records)
+            for graded in result.graded:
+                log.info("graded alert", extra={"type": graded.type, "rule": graded.entry.rule,
+                                                "fingerprint": graded.fingerprint, "level": graded.entry.level})
+
+    def close(self) -> None:
+        self.release(set(self.partitions))
