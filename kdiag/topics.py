@@ -90,21 +90,55 @@ def _partition_count(admin: AdminClient, topic: str, timeout_seconds: float) -> 
 
 def consumer_lag(settings: Settings, timeout_seconds: float = 30.0, topic: str | None = None) -> int | None:
     """Return how many records of `topic` (default: the changes topic) the worker group has not
-    committed yet.
+    committed yet, counting from its committed offsets to the end of each partition.
 
-    Returns None while the group coordinator is unavailable, e.g. right after the broker started.
+    A transactional producer leaves a commit marker after each transaction. The group never commits
+    past a marker at the end of a partition, so a partition whose remaining offsets hold only markers
+    counts as caught up. Returns None while the group coordinator is unavailable, e.g. right after
+    the broker started.
     """
+    topic = topic or settings.changes_topic
     consumer = Consumer({"bootstrap.servers": settings.bootstrap_servers, "group.id": settings.app_id})
     try:
-        partitions = [TopicPartition(topic or settings.changes_topic, p) for p in range(settings.partitions)]
+        partitions = [TopicPartition(topic, p) for p in range(settings.partitions)]
         try:
             committed = consumer.committed(partitions, timeout=timeout_seconds)
         except KafkaException:
             return None
         lag = 0
         for partition in committed:
-            _, high = consumer.get_watermark_offsets(partition, timeout=timeout_seconds, cached=False)
-            lag += high - max(partition.offset, 0)
+            low, high = consumer.get_watermark_offsets(partition, timeout=timeout_seconds, cached=False)
+            start = partition.offset if partition.offset >= 0 else low
+            if start < high and _has_records(settings, topic, partition.partition, start, timeout_seconds):
+                lag += high - start
         return lag
     finally:
         consumer.close()
+
+
+def _has_records(settings: Settings, topic: str, partition: int, start: int, timeout_seconds: float) -> bool:
+    """Whether committed records (not only transaction markers) follow `start` in the partition."""
+    reader = Consumer(
+        {
+            "bootstrap.servers": settings.bootstrap_servers,
+            "group.id": f"{settings.app_id}-lag-check",
+            "enable.auto.commit": False,
+            "enable.partition.eof": True,
+            "isolation.level": "read_committed",
+        }
+    )
+    try:
+        reader.assign([TopicPartition(topic, partition, start)])
+        deadline = time.monotonic() + timeout_seconds
+        while time.monotonic() < deadline:
+            message = reader.poll(0.5)
+            if message is None:
+                continue
+            error = message.error()
+            if error is None:
+                return True
+            if error.code() == KafkaError._PARTITION_EOF:
+                return False
+        return True
+    finally:
+        reader.close()

@@ -225,7 +225,7 @@ class CenterRuntime:
             result = runtime.process(partition_records)
             for graded in result.graded:
                 log.info("graded alert", extra={"type": graded.type, "rule": graded.entry.rule,
-                                                "fingerprint": graded.fingerprint, "level": graded.entry.level})
+                                                "fingerprint": graded.fingerprint, "alert_level": graded.entry.level})
 
     def close(self) -> None:
         self.release(set(self.partitions))
