@@ -188,7 +188,11 @@ def make_topics(bootstrap_servers: str, label: str, partitions: int, **overrides
         cluster=f"{label}-cluster",
         **{**topics, **overrides},
     )
-    ensure_topics(settings)
+    try:
+        ensure_topics(settings)
+    except BaseException:
+        shutil.rmtree(work_dir, ignore_errors=True)
+        raise
     return BenchTopics(settings, work_dir)
 
 

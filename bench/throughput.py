@@ -32,6 +32,7 @@ import signal
 import subprocess
 import sys
 import tempfile
+import tomllib
 import time
 from collections import Counter
 from dataclasses import dataclass, field
@@ -111,19 +112,44 @@ def write_rule_variants(folder: Path, total: int = RULE_COUNT) -> tuple[Path, in
 # The quix-streams environment
 
 
+# kdiag's dependencies that the peer's environment leaves to quixstreams, or that clash with its pins
+# (kubernetes 37) and the peer does not import.
+QUIX_EXCLUDED_DEPENDENCIES = ("confluent-kafka", "faust-streaming", "kubernetes")
+
+
+def quix_requirements() -> list[str]:
+    """Return bench/quix_peer/requirements.txt plus kdiag's dependencies that the peer's imports need."""
+    lines = [line.strip() for line in QUIX_REQUIREMENTS.read_text().splitlines()]
+    requirements = [line for line in lines if line and not line.startswith("#")]
+    project = tomllib.loads((REPO_ROOT / "pyproject.toml").read_text())["project"]
+    for dependency in project["dependencies"]:
+        name = re.split(r"[<>=!~\[; ]", dependency, maxsplit=1)[0].lower()
+        if name not in QUIX_EXCLUDED_DEPENDENCIES:
+            requirements.append(dependency)
+    return requirements
+
+
 def ensure_quix_venv() -> Path:
-    """Create bench/.venv-quix with the pinned quixstreams unless it exists. Returns its python."""
-    if QUIX_PYTHON.exists():
+    """Create or update bench/.venv-quix with quix_requirements(). Returns its python.
+
+    A stamp file keeps the installed requirement list, so pip runs only when the list changed.
+    """
+    requirements = quix_requirements()
+    stamp = QUIX_VENV / ".kdiag-requirements"
+    if QUIX_PYTHON.exists() and stamp.exists() and stamp.read_text() == "\n".join(requirements):
         return QUIX_PYTHON
-    progress(f"creating {QUIX_VENV} with {QUIX_REQUIREMENTS.name}")
-    subprocess.run([sys.executable, "-m", "venv", str(QUIX_VENV)], check=True, timeout=300)
-    # Keep the environment out of git without touching the repository's .gitignore.
-    (QUIX_VENV / ".gitignore").write_text("*\n")
+    if not QUIX_PYTHON.exists():
+        progress(f"creating {QUIX_VENV}")
+        subprocess.run([sys.executable, "-m", "venv", str(QUIX_VENV)], check=True, timeout=300)
+        # Keep the environment out of git without touching the repository's .gitignore.
+        (QUIX_VENV / ".gitignore").write_text("*\n")
+    progress(f"installing {', '.join(requirements)} into {QUIX_VENV}")
     subprocess.run(
-        [str(QUIX_PYTHON), "-m", "pip", "install", "--quiet", "--disable-pip-version-check", "-r", str(QUIX_REQUIREMENTS)],
+        [str(QUIX_PYTHON), "-m", "pip", "install", "--quiet", "--disable-pip-version-check", *requirements],
         check=True,
         timeout=900,
     )
+    stamp.write_text("\n".join(requirements))
     return QUIX_PYTHON
 
 
