@@ -200,10 +200,13 @@ class CenterRuntime:
         self.partitions: dict[int, CenterPartition] = {}
 
     def assign(self, partitions: set[int]) -> None:
+        """Take over the assigned partitions at once, which aborts transactions a killed owner left open."""
         self.assigned = set(partitions)
         for partition in list(self.partitions):
             if partition not in self.assigned:
                 self.partitions.pop(partition).close()
+        for partition in sorted(self.assigned - set(self.partitions)):
+            self.partitions[partition] = CenterPartition(self.settings, partition, self.center)
 
     def release(self, partitions: set[int]) -> None:
         for partition in partitions:

@@ -147,10 +147,15 @@ class WorkerRuntime:
         self.partitions: dict[int, PartitionRuntime] = {}
 
     def assign(self, partitions: Iterable[int]) -> None:
+        """Take over the assigned partitions at once: initialising each partition's transactional
+        producer aborts a transaction that a killed owner left open, which would otherwise hold back
+        read_committed readers of the output topics until the transaction timed out."""
         self.assigned = set(partitions)
         for partition in list(self.partitions):
             if partition not in self.assigned:
                 self.release([partition])
+        for partition in sorted(self.assigned - set(self.partitions)):
+            self.partitions[partition] = PartitionRuntime(self.settings, partition, self.rules(), self.cluster_objects)
         metrics.PARTITIONS.set(len(self.assigned))
         log.info("partitions assigned", extra={"topic": self.settings.changes_topic, "partitions": sorted(self.assigned)})
 
