@@ -1,6 +1,7 @@
 """The worker's per-record work in a plain confluent-kafka consumer loop, without Faust or transactions.
 
-Each partition gets the worker's own streams.processor.PartitionProcessor, so every record goes
+Each partition gets the worker's own streams.processor.PartitionProcessor, built as
+streams/runtime.py builds it, so every record goes
 through exactly the worker's code: decode the ChangeBatch with kdiag's codec, parse each object with
 orjson when a rule applies to its kind, evaluate the rules and update the partition's
 kdiag.durations.DurationTracker. After each consumed batch the loop encodes the alerts and dead
@@ -29,16 +30,20 @@ import orjson
 from confluent_kafka import Consumer, Message, TopicPartition
 
 from kdiag.rules import RuleSet, load_rules
+from kdiag.settings import Settings
 from streams.processor import BatchResult, PartitionProcessor
 from streams.state import PartitionStore
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
-CONSUME_BATCH_MESSAGES = 500
+# The worker's agent takes at most this many records per batch, so the loop's batches, and with
+# them the state staged per batch, are no larger than the worker's.
+CONSUME_BATCH_MESSAGES = Settings().batch_max_records
 
 
 class BareLoop:
-    def __init__(self, topic: str, rule_set: RuleSet, state_dir: Path) -> None:
+    def __init__(self, topic: str, partition_count: int, rule_set: RuleSet, state_dir: Path) -> None:
         self.topic = topic
+        self.partition_count = partition_count
         self.rule_set = rule_set
         self.state_dir = state_dir
         self.partitions: dict[int, tuple[PartitionProcessor, PartitionStore]] = {}
@@ -51,7 +56,18 @@ class BareLoop:
         pair = self.partitions.get(partition)
         if pair is None:
             store = PartitionStore(self.state_dir, partition)
-            processor = PartitionProcessor(self.topic, partition, self.rule_set, [], {}, 0)
+            # Built as streams/runtime.py builds it, so that references read the committed state.
+            processor = PartitionProcessor(
+                self.topic,
+                partition,
+                self.rule_set,
+                [],
+                {},
+                0,
+                partitions=self.partition_count,
+                lookup=store.get,
+                scan=store.scan_keys,
+            )
             pair = self.partitions[partition] = (processor, store)
         return pair
 
@@ -75,7 +91,7 @@ class BareLoop:
 
 def run(args: argparse.Namespace) -> dict:
     rule_set = load_rules(args.rules or [REPO_ROOT / "rules"])
-    loop = BareLoop(args.topic, rule_set, args.state_dir)
+    loop = BareLoop(args.topic, args.partitions, rule_set, args.state_dir)
     consumer = Consumer(
         {
             "bootstrap.servers": args.bootstrap_servers,

@@ -46,6 +46,7 @@ IMMEDIATE_RULE = "BenchLatencyImmediate"
 LABEL = "kdiag-bench-latency"
 NAMESPACES = 24
 TICK_INTERVAL_SECONDS = 1.0
+WAIT_AFTER_LAST_DEADLINE_SECONDS = 30.0
 
 
 def write_rules(folder: Path, duration_seconds: int) -> Path:
@@ -151,7 +152,8 @@ def run(args: argparse.Namespace, broker: Broker) -> dict[str, Any]:
         _warm_up(worker, publisher, settings.cluster, settings.partitions)
         progress(f"sending {args.alerts} pending and {args.alerts} immediate Pods over {args.spread} s, ticks every second")
         sent = _send(args, publisher, settings.cluster)
-        deadline = time.time() + 30
+        last_due = max(sent.pending_sent.values(), default=int(time.time() * 1000)) / 1000 + args.duration
+        deadline = max(time.time(), last_due) + WAIT_AFTER_LAST_DEADLINE_SECONDS
         expected = set(sent.pending_sent) | set(sent.immediate_sent)
         while time.time() < deadline and not expected <= set(listener.arrivals):
             worker.check_running()
@@ -163,7 +165,7 @@ def run(args: argparse.Namespace, broker: Broker) -> dict[str, Any]:
             listener.stop()
         publisher.close()
         worker.stop()
-        log_tail = worker.log_tail()
+        log_tail = worker.log_tail(5)
         cleanup(broker, topics)
 
     after_deadline: list[float] = []
@@ -189,7 +191,10 @@ def run(args: argparse.Namespace, broker: Broker) -> dict[str, Any]:
         _line("immediate rules (change produce to alert)", figures["immediate"]),
     ]
     if missing:
-        lines.append(f"{missing} alerts did not arrive within 30 s of the last deadline; worker log:\n{log_tail}")
+        lines.append(
+            f"{missing} alerts did not arrive within {WAIT_AFTER_LAST_DEADLINE_SECONDS:.0f} s of the last deadline; "
+            f"last worker log lines:\n{log_tail}"
+        )
     report("latency", lines, figures)
     return figures
 

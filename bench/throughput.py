@@ -2,10 +2,10 @@
 
     python -m bench.throughput [--changes 200000] [--pods 10000] [--partitions 6] [--no-quix] [--profile]
 
-The changes topic is filled first with --changes changes of a synthetic cluster (bench/loadgen.py),
-retimed as a live stream of --live-rate changes per second with a tick every second of that time, so
-that batches are as full as a watcher would make them at that rate. Then, one after another and each
-with a fresh consumer group, these read the whole topic from the start:
+The changes topic is filled first with --changes changes of a synthetic cluster (bench/loadgen.py).
+They are retimed as a live stream of --live-rate changes per second, with a tick every second of
+that time, so that batches are as full as a watcher would make them at that rate. Then, one after
+another and each with a fresh consumer group, these read the whole topic from the start:
 
 - consume only: bench/bare_loop.py --consume-only, the rate at which records reach Python at all;
 - bare loop: bench/bare_loop.py, the worker's per-change work without Faust and transactions;
@@ -396,6 +396,7 @@ def run_quix(prefill_: Prefill, rules: list[Path], name: str) -> RunResult:
         str(python), str(QUIX_PEER),
         "--bootstrap-servers", settings.bootstrap_servers,
         "--topic", settings.changes_topic,
+        "--partitions", str(settings.partitions),
         "--alerts-topic", settings.alerts_topic,
         "--group", group,
         "--state-dir", str(prefill_.topics.work_dir / group),
@@ -565,7 +566,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--live-rate", type=int, default=25_000, help="changes per second of the retimed stream (default 25000)")
     parser.add_argument("--seed", type=int, default=1, help="load generator seed (default 1)")
     parser.add_argument("--no-quix", action="store_true", help="skip the quix-streams peer")
-    parser.add_argument("--profile", action="store_true", help="also run the worker under py-spy and list the top functions")
+    parser.add_argument("--profile", action="store_true", help="also run the worker and the bare loop under py-spy and list their top functions")
     parser.add_argument("--bootstrap-servers", help="use this broker instead of starting one")
 
 

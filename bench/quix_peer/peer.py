@@ -5,7 +5,7 @@ imports kdiag's rule engine and the worker's PartitionProcessor (quixstreams pin
 than kdiag's, hence the separate virtual environment):
 
     PYTHONPATH=. bench/.venv-quix/bin/python bench/quix_peer/peer.py --bootstrap-servers HOST:PORT \
-        --topic T --alerts-topic A --group G --state-dir DIR [--rules PATH ...]
+        --topic T --partitions P --alerts-topic A --group G --state-dir DIR [--rules PATH ...]
 
 Per record it runs the worker's own streams.processor.PartitionProcessor of the record's partition,
 which decodes the ChangeBatch, parses each object with orjson when a rule applies to its kind,
@@ -16,9 +16,11 @@ processing_guarantee="exactly-once", so outputs, state and offsets commit in Kaf
 every commit_interval seconds (quixstreams' default 5 s unless --commit-interval is given).
 
 Differences from the worker: quix state is scoped to the message key, so a state entry is written
-under the key of the record that changed it (a tick's key is the cluster), and the peer does not
-reload its processors from that state after a restart. Neither matters for one run from an empty
-state.
+under the key of the record that changed it (a tick's key is the cluster), and the processor reads
+committed state only under that key. Quix state has no prefix scan, so the processor finds only
+referrers staged in the same record. The peer does not reload its processors from quix state after
+a restart. None of this changes the alerts of one run from an empty state on the load generator's
+history, whose references stay within a namespace, the key of its records.
 
 The peer stops on SIGTERM and prints one JSON line with its own counts and timing.
 """
@@ -50,8 +52,10 @@ class AlertValueSerializer(Serializer):
 
 
 class Peer:
-    def __init__(self, topic: str, rule_set: RuleSet) -> None:
+    def __init__(self, topic: str, partitions: int, rule_set: RuleSet) -> None:
         self.topic = topic
+        self.partitions = partitions
+        self._state: Any = None
         self.rule_set = rule_set
         self.processors: dict[int, PartitionProcessor] = {}
         self.records = 0
@@ -62,6 +66,11 @@ class Peer:
         self.first_record_cpu = 0.0
         self.last_record_cpu = 0.0
 
+    def _lookup(self, key: bytes) -> bytes | None:
+        """Read a committed state key from the quix state of the record being processed."""
+        value = self._state.get(key.decode()) if self._state is not None else None
+        return value.encode() if value is not None else None
+
     def process(self, value: bytes, state: Any) -> list[tuple[bytes, bytes]]:
         if self.first_record_at is None:
             self.first_record_at = time.monotonic()
@@ -69,8 +78,11 @@ class Peer:
         context = message_context()
         processor = self.processors.get(context.partition)
         if processor is None:
-            processor = PartitionProcessor(self.topic, context.partition, self.rule_set, [], {}, 0)
+            processor = PartitionProcessor(
+                self.topic, context.partition, self.rule_set, [], {}, 0, partitions=self.partitions, lookup=self._lookup
+            )
             self.processors[context.partition] = processor
+        self._state = state
         result = BatchResult()
         processor.process(context.offset, value, result)
         for key, state_value in processor.take_state_writes():
@@ -92,6 +104,7 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--bootstrap-servers", required=True, help="Kafka bootstrap servers, host:port")
     parser.add_argument("--topic", required=True, help="changes topic")
+    parser.add_argument("--partitions", type=int, required=True, help="partition count of the changes topic")
     parser.add_argument("--alerts-topic", required=True, help="topic for the alert transitions")
     parser.add_argument("--group", required=True, help="consumer group, also the name of quix's changelog topics")
     parser.add_argument("--state-dir", type=Path, required=True, help="folder of quix's RocksDB state")
@@ -99,7 +112,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--commit-interval", type=float, default=5.0, help="seconds between commits (default 5, quix's default)")
     args = parser.parse_args(argv)
 
-    peer = Peer(args.topic, load_rules(args.rules or [REPO_ROOT / "rules"]))
+    peer = Peer(args.topic, args.partitions, load_rules(args.rules or [REPO_ROOT / "rules"]))
     app = Application(
         broker_address=args.bootstrap_servers,
         consumer_group=args.group,
