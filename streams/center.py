@@ -230,5 +230,13 @@ class CenterRuntime:
                 log.info("graded alert", extra={"type": graded.type, "rule": graded.entry.rule,
                                                 "fingerprint": graded.fingerprint, "alert_level": graded.entry.level})
 
+    def next_offsets(self) -> dict[tuple[str, int], int]:
+        """The next offset of each owned (topic, partition), as the committed transactions recorded it."""
+        offsets = {}
+        for partition, runtime in self.partitions.items():
+            for topic, offset in runtime.processor.next_offsets.items():
+                offsets[(topic, partition)] = offset
+        return offsets
+
     def close(self) -> None:
         self.release(set(self.partitions))
