@@ -117,7 +117,7 @@ def consumer_lag(settings: Settings, timeout_seconds: float = 30.0, topic: str |
 
 
 def _has_records(settings: Settings, topic: str, partition: int, start: int, timeout_seconds: float) -> bool:
-    """Whether committed records (not only transaction markers) follow `start` in the partition."""
+    """Return whether committed records, not only transaction markers, follow `start` in the partition."""
     reader = Consumer(
         {
             "bootstrap.servers": settings.bootstrap_servers,

@@ -2,7 +2,7 @@
 
 Both topics are keyed by rule and have the same partition count, so partition p of each meets on one
 worker. Like the rule stage, each partition keeps its state (the AlertCenterState) in RocksDB backed
-by a changelog, and commits its graded alerts, state and next offsets in one Kafka transaction, so a
+by a changelog. It commits its graded alerts, state and next offsets in one Kafka transaction, so a
 killed worker neither repeats nor loses a graded alert or a level change.
 """
 
@@ -231,7 +231,7 @@ class CenterRuntime:
                                                 "fingerprint": graded.fingerprint, "alert_level": graded.entry.level})
 
     def next_offsets(self) -> dict[tuple[str, int], int]:
-        """The next offset of each owned (topic, partition), as the committed transactions recorded it."""
+        """Return the next offset of each owned (topic, partition), as the committed transactions recorded it."""
         offsets = {}
         for partition, runtime in self.partitions.items():
             for topic, offset in runtime.processor.next_offsets.items():

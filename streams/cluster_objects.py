@@ -6,8 +6,8 @@ such an object writes its projection to the compacted `<app id>-cluster-objects`
 transaction as the rest of its batch. Every worker reads that topic into memory with a ClusterObjects
 feed, and its partitions resolve references to cluster-scoped objects from there.
 
-NOTE: a partition sees a change of a cluster-scoped object when its worker's feed has read it, which
-depends on timing, not on event time. Alerts that depend on the order of a Node change and a Pod
+NOTE: a partition learns of a change of a cluster-scoped object when its worker's feed has read it,
+which depends on timing, not on event time. Alerts that depend on the order of a Node change and a Pod
 change on different partitions can therefore differ between runs.
 """
 
