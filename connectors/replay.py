@@ -278,7 +278,7 @@ def run(args: argparse.Namespace, settings: Settings) -> int:
     options = parse_options(args, settings)
     paths = expand_inputs(args.files)
     if not args.no_create_topics:
-        ensure_topics(settings)
+        ensure_topics(settings, only=[settings.changes_topic, settings.dead_letter_topic])
 
     publisher = Publisher(settings, source="replay")
     summaries: list[FileSummary] = []

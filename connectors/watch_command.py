@@ -213,7 +213,7 @@ def prepare_topics(settings: Settings, create: bool, max_attempts: int) -> Setti
     for attempt in range(1, max_attempts + 1):
         try:
             if create:
-                ensure_topics(settings)
+                ensure_topics(settings, only=[settings.changes_topic, settings.dead_letter_topic])
             limit = topic_message_limit(settings)
             break
         except (KdiagError, KafkaException) as error:

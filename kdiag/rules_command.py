@@ -66,7 +66,7 @@ def _apply(args: argparse.Namespace, settings: Settings) -> int:
             print(problem)
         print(f"{len(report.problems)} problems found; nothing was published", file=sys.stderr)
         return 1
-    ensure_topics(settings)
+    ensure_topics(settings, only=[settings.rules_topic])
     names = publish_rules(settings, read_rule_documents(args.paths))
     print(f"published {len(names)} rules to {settings.rules_topic}", file=sys.stderr)
     return 0

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import logging
 import time
+from collections.abc import Iterable
 
 from confluent_kafka import Consumer, KafkaError, KafkaException, TopicPartition
 from confluent_kafka.admin import AdminClient, NewTopic
@@ -45,8 +46,11 @@ def topic_specs(settings: Settings) -> list[NewTopic]:
     ]
 
 
-def ensure_topics(settings: Settings, timeout_seconds: float = 30.0) -> list[str]:
-    """Create the missing topics and return their names. Existing topics are checked, not changed."""
+def ensure_topics(
+    settings: Settings, timeout_seconds: float = 30.0, only: Iterable[str] | None = None
+) -> list[str]:
+    """Create the missing topics (all, or those named in `only`) and return their names.
+    Existing topics are checked, not changed."""
     admin = AdminClient({"bootstrap.servers": settings.bootstrap_servers})
     try:
         existing = admin.list_topics(timeout=timeout_seconds).topics
@@ -56,7 +60,9 @@ def ensure_topics(settings: Settings, timeout_seconds: float = 30.0) -> list[str
             f"start the broker (make kafka-up) or set KDIAG_BOOTSTRAP_SERVERS"
         ) from None
     created: list[str] = []
-    missing = [spec for spec in topic_specs(settings) if spec.topic not in existing]
+    wanted = set(only) if only is not None else None
+    specs = [spec for spec in topic_specs(settings) if wanted is None or spec.topic in wanted]
+    missing = [spec for spec in specs if spec.topic not in existing]
     if missing:
         futures = admin.create_topics(missing, operation_timeout=timeout_seconds)
         for name, future in futures.items():
@@ -67,7 +73,7 @@ def ensure_topics(settings: Settings, timeout_seconds: float = 30.0) -> list[str
             except KafkaException as error:
                 if error.args[0].code() != KafkaError.TOPIC_ALREADY_EXISTS:
                     raise KdiagError(f"cannot create topic {name}: {error}") from None
-    for spec in topic_specs(settings):
+    for spec in specs:
         count = _partition_count(admin, spec.topic, timeout_seconds)
         if spec.num_partitions == settings.partitions and count != settings.partitions:
             raise KdiagError(

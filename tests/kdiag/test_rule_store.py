@@ -48,7 +48,9 @@ def test_rulebook_rejects_non_json_document():
 def rules_cli(kafka_bootstrap, unique_name):
     env = dict(os.environ, KDIAG_BOOTSTRAP_SERVERS=kafka_bootstrap, KDIAG_RULES_TOPIC=f"{unique_name}-rules",
                KDIAG_CHANGES_TOPIC=f"{unique_name}-changes", KDIAG_ALERTS_TOPIC=f"{unique_name}-alerts",
-               KDIAG_APP_ID=f"{unique_name}-worker", KDIAG_PARTITIONS="1")
+               KDIAG_APP_ID=f"{unique_name}-worker", KDIAG_PARTITIONS="1",
+               KDIAG_EVENTS_TOPIC=f"{unique_name}-events", KDIAG_GRADED_ALERTS_TOPIC=f"{unique_name}-graded",
+               KDIAG_ACTIONS_TOPIC=f"{unique_name}-actions", KDIAG_DEAD_LETTER_TOPIC=f"{unique_name}-dead-letters")
 
     def run(*args: str) -> subprocess.CompletedProcess:
         return subprocess.run([sys.executable, "-m", "kdiag.cli", "--log-level", "WARNING", "rules", *args],
