@@ -486,8 +486,9 @@ class Profile:
         for line in raw_path.read_text(errors="replace").splitlines():
             stack, _, count_text = line.rpartition(" ")
             frames = stack.split(";")
-            # With --threads the first frame is "thread (<id>): <name>".
-            if not frames[0].startswith("thread (") or not frames[0].endswith(f": {thread}"):
+            # With --threads the first frame is "thread (<id>): <name>". A line without a sample
+            # count at its end, such as one cut short when py-spy stopped, is skipped.
+            if not count_text.isdigit() or not frames[0].startswith("thread (") or not frames[0].endswith(f": {thread}"):
                 continue
             count = int(count_text)
             stacks.append(([_frame_name(frame) for frame in frames[1:]] or ["(no Python frame)"], count))
@@ -597,12 +598,17 @@ def _measure(args: argparse.Namespace, filled: Prefill) -> dict[str, Any]:
         results["quix_100"] = run_quix(filled, hundred, f"quix-streams peer, {RULE_COUNT} rules")
 
     profiles: dict[str, Profile] = {}
+    profile_errors: list[str] = []
     if args.profile:
         for label, runner in (("worker", run_worker), ("bare loop", run_bare)):
             raw = filled.topics.work_dir / f"{label.replace(' ', '-')}-profile.txt"
-            profiled = runner(filled, hundred, f"{label}, {RULE_COUNT} rules, under py-spy", profile_output=raw)
-            results[f"{label.replace(' ', '_')}_100_profiled"] = profiled
-            profiles[label] = Profile.read(raw, filled.changes)
+            # A failed profile must not lose the figures measured above.
+            try:
+                profiled = runner(filled, hundred, f"{label}, {RULE_COUNT} rules, under py-spy", profile_output=raw)
+                results[f"{label.replace(' ', '_')}_100_profiled"] = profiled
+                profiles[label] = Profile.read(raw, filled.changes)
+            except (BenchError, OSError, ValueError) as error:
+                profile_errors.append(f"{label}: {error}")
 
     mean_changes = filled.changes / max(1, filled.records - _tick_records(filled))
     lines = [
@@ -617,6 +623,7 @@ def _measure(args: argparse.Namespace, filled: Prefill) -> dict[str, Any]:
         if f"quix_{rule_label}" in results:
             ratios[f"worker_over_quix_{rule_label}"] = worker / results[f"quix_{rule_label}"].changes_per_second
     lines.append("ratios: " + ", ".join(f"{name} {value:.2f}" for name, value in ratios.items()))
+    lines += [f"profile failed: {error}" for error in profile_errors]
     for label, profile in profiles.items():
         lines.append(
             f"{label} profile, {RULE_COUNT} rules, main thread: {profile.samples} samples at {PROFILE_RATE_HZ} Hz "
@@ -634,6 +641,7 @@ def _measure(args: argparse.Namespace, filled: Prefill) -> dict[str, Any]:
         "rules": {"pack": pack_count, "variants": variant_count},
         "results": {name: result.figures() for name, result in results.items()},
         "ratios": {name: round(value, 3) for name, value in ratios.items()},
+        "profile_errors": profile_errors,
         "profiles": {
             label: {
                 "samples": profile.samples,
