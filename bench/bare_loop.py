@@ -104,6 +104,7 @@ def run(args: argparse.Namespace) -> dict:
     first_message_at: float | None = None
     first_cpu = 0.0
     consumed = 0
+    chunk = max(1, CONSUME_BATCH_MESSAGES // args.partitions)
     deadline = time.monotonic() + args.timeout
     try:
         while consumed < args.records and time.monotonic() < deadline:
@@ -119,8 +120,13 @@ def run(args: argparse.Namespace) -> dict:
                 first_cpu = time.process_time()
             for partition, partition_messages in by_partition.items():
                 consumed += len(partition_messages)
-                if not args.consume_only:
-                    loop.process(partition, partition_messages)
+                if args.consume_only:
+                    continue
+                # Faust's take_events mixes the partitions, so a worker batch has about
+                # batch_max_records / partitions records of each. The loop processes and commits
+                # chunks of that size, because the state staged per chunk grows with it.
+                for start in range(0, len(partition_messages), chunk):
+                    loop.process(partition, partition_messages[start : start + chunk])
             consumer.commit(asynchronous=True)
         finished_at = time.monotonic()
         finished_cpu = time.process_time()

@@ -15,6 +15,8 @@ A read_committed consumer in this process notes when each alert arrives.
 
 The worker runs the starter pack plus the two rules of this benchmark, from a temp folder, on
 Pods of the load generator's shape (about 9 KiB of JSON). Both clocks are this machine's wall clock.
+The producer lingers KDIAG's linger_seconds (50 ms) unless --linger is given, as `kdiag watch` does,
+and --commit-interval sets how long the worker waits to fill a batch.
 """
 
 from __future__ import annotations
@@ -39,6 +41,7 @@ from bench.loadgen import SyntheticCluster
 from connectors.publisher import Publisher
 from kdiag.codec import codec
 from kdiag.model import ResourceChange
+from kdiag.settings import Settings
 
 ALERT = codec("Alert")
 PENDING_RULE = "BenchLatencyAfterDeadline"
@@ -139,11 +142,17 @@ def describe(latencies_ms: list[float]) -> dict[str, float]:
 def run(args: argparse.Namespace, broker: Broker) -> dict[str, Any]:
     if args.spread >= args.duration:
         raise BenchError(f"--spread ({args.spread} s) must be shorter than --duration ({args.duration} s)")
-    topics = make_topics(broker.bootstrap_servers, "latency", args.partitions)
+    overrides: dict[str, Any] = {}
+    if args.linger is not None:
+        overrides["linger_seconds"] = args.linger
+    topics = make_topics(broker.bootstrap_servers, "latency", args.partitions, **overrides)
     settings = topics.settings
     rules_dir = Path(tempfile.mkdtemp(prefix="rules-", dir=topics.work_dir))
     rules = [PACK_RULES, write_rules(rules_dir, args.duration)]
-    worker = WorkerProcess(topics, rules=rules)
+    worker_env = {}
+    if args.commit_interval is not None:
+        worker_env["KDIAG_COMMIT_INTERVAL_SECONDS"] = str(args.commit_interval)
+    worker = WorkerProcess(topics, rules=rules, extra_env=worker_env)
     listener: AlertListener | None = None
     publisher = Publisher(settings, source="bench-latency")
     try:
@@ -185,6 +194,8 @@ def run(args: argparse.Namespace, broker: Broker) -> dict[str, Any]:
         "tick_interval_seconds": TICK_INTERVAL_SECONDS,
         "partitions": args.partitions,
         "rule_duration_seconds": args.duration,
+        "producer_linger_seconds": settings.linger_seconds,
+        "worker_commit_interval_seconds": args.commit_interval if args.commit_interval is not None else Settings().commit_interval_seconds,
     }
     lines = [
         _line("after the deadline (tick produce to alert)", figures["after_deadline"]),
@@ -287,6 +298,14 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--duration", type=int, default=30, help="duration of the pending rule in seconds (default 30)")
     parser.add_argument("--partitions", type=int, default=6, help="partitions of the changes topic (default 6)")
     parser.add_argument("--seed", type=int, default=1, help="seed of the send times (default 1)")
+    parser.add_argument(
+        "--linger", type=float, help="linger of this benchmark's producer in seconds (default: KDIAG's linger_seconds, 0.05)"
+    )
+    parser.add_argument(
+        "--commit-interval",
+        type=float,
+        help="the worker's KDIAG_COMMIT_INTERVAL_SECONDS, the most it waits to fill a batch (default: its own, 0.1)",
+    )
     parser.add_argument("--bootstrap-servers", help="use this broker instead of starting one")
 
 
