@@ -1,12 +1,12 @@
 """The worker's per-record work in a plain confluent-kafka consumer loop, without Faust or transactions.
 
 Each partition gets the worker's own streams.processor.PartitionProcessor, built as
-streams/runtime.py builds it, so every record goes
-through exactly the worker's code: decode the ChangeBatch with kdiag's codec, parse each object with
-orjson when a rule applies to its kind, evaluate the rules and update the partition's
-kdiag.durations.DurationTracker. After each consumed batch the loop encodes the alerts and dead
-letters, writes the partition's changed state with streams.state.PartitionStore (one rocksdict
-WriteBatch) and commits the consumer offsets asynchronously. It produces nothing: no alerts, no
+streams/runtime.py builds it, so every record goes through exactly the worker's code. That code
+decodes the ChangeBatch with kdiag's codec, parses each object with orjson when a rule applies to its
+kind, evaluates the rules and updates the partition's kdiag.durations.DurationTracker. After each
+batch of a partition the loop encodes the alerts and dead letters, writes the partition's changed
+state with streams.state.PartitionStore (one rocksdict WriteBatch) and commits the consumer offsets
+asynchronously. It produces nothing: no alerts, no
 changelog, no transactions. Its rate is what the worker's per-record code reaches on this machine
 without the framework around it, so worker/bare shows what Faust and the transactions cost.
 

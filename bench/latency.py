@@ -79,7 +79,7 @@ def template_pod() -> dict[str, Any]:
 
 
 class AlertListener:
-    """Notes the wall-clock arrival time of each FIRING alert, by object name, in a thread."""
+    """Background reader of the alerts topic that notes each FIRING alert's wall-clock arrival, by object name."""
 
     def __init__(self, bootstrap_servers: str, topic: str, partitions: int) -> None:
         self.arrivals: dict[str, float] = {}

@@ -15,7 +15,7 @@ transition, Avro encoded, to the alerts topic. The application runs with
 processing_guarantee="exactly-once", so outputs, state and offsets commit in Kafka transactions,
 every commit_interval seconds (quixstreams' default 5 s unless --commit-interval is given).
 
-Differences from the worker: quix state is scoped to the message key, so a state entry is written
+Differences from the worker: quix state is scoped to the message key. A state entry is written
 under the key of the record that changed it (a tick's key is the cluster), and the processor reads
 committed state only under that key. Quix state has no prefix scan, so the processor finds only
 referrers staged in the same record. The peer does not reload its processors from quix state after
