@@ -22,7 +22,7 @@ class RuleError(KdiagError):
 
 
 class DecodeError(KdiagError):
-    """A record or input line could not be decoded. The message says what was expected."""
+    """A record or input line could not be decoded. The message names what was expected."""
 
 
 class InputError(KdiagError):

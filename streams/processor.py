@@ -57,7 +57,7 @@ class BatchResult:
         return [(event.entry.fingerprint.encode(), ALERT.encode(event.to_avro())) for event in self.alerts]
 
     def encoded_events(self) -> list[tuple[bytes, bytes]]:
-        """The alerts as DIAGNOSIS events for the alert center, keyed by rule."""
+        """Return the alerts as DIAGNOSIS events for the alert center, keyed by rule."""
         events = []
         for event in self.alerts:
             record = alert_to_event(event.to_avro())
@@ -248,11 +248,11 @@ class PartitionProcessor:
     # References
 
     def _owns_cluster_scoped(self, cluster: str) -> bool:
-        """Whether the cluster's cluster-scoped objects arrive on this partition (key "<cluster>/")."""
+        """Return whether the cluster's cluster-scoped objects arrive on this partition (key "<cluster>/")."""
         return partition_for_key(topic_key(cluster, "").encode(), self.partitions) == self.partition
 
     def _can_resolve(self, rule: Any, cluster: str) -> bool:
-        """Whether this partition can look up every object the rule refers to."""
+        """Return whether this partition can look up every object the rule refers to."""
         if self._cluster_objects is not None:
             return True
         if not any(kind in CLUSTER_SCOPED_KINDS for kind in self._rule_target_kinds(rule)):

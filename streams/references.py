@@ -1,4 +1,4 @@
-"""What reference rules need about referring and referenced objects, per changes-topic partition.
+"""Partition state for reference rules: referring and referenced objects, per changes-topic partition.
 
 Rules can refer from one object to another (a Pod to its Secrets, an Ingress to its Services). The
 worker keeps three things in RocksDB and the changelog, each written only when it changes:

@@ -118,7 +118,12 @@ class EscalationThreshold:
             conditions.append(f"tenants >= {self.min_tenants}")
         if self.min_growth:
             conditions.append(f"growth >= {self.min_growth:g}x")
-        effect = f"sets {self.level}" if self.level else f"raises {self.raise_levels} level" + ("s" if self.raise_levels > 1 else "")
+        if self.level:
+            effect = f"sets {self.level}"
+        elif self.raise_levels > 1:
+            effect = f"raises {self.raise_levels} levels"
+        else:
+            effect = f"raises {self.raise_levels} level"
         return " and ".join(conditions) + " " + effect
 
 

@@ -15,7 +15,7 @@ from kdiag.durations import AlertEvent
 JsonObject = dict[str, Any]
 
 # Metadata fields kept for ConfigMaps and Secrets. Annotations are dropped because
-# kubectl.kubernetes.io/last-applied-configuration holds the whole object, values included.
+# kubectl.kubernetes.io/last-applied-configuration contains the whole object, values included.
 _CONFIG_METADATA_FIELDS = (
     "name",
     "namespace",
@@ -217,7 +217,7 @@ class DiagnosisContext:
     def subject(self) -> JsonObject:
         """Return the object the diagnosis is about.
 
-        For an Event that is the involved object when related holds it, or else a stub with the
+        For an Event that is the involved object when related contains it, or else a stub with the
         involvedObject's kind, name, namespace and uid. For any other kind it is obj.
         """
         if self.obj.get("kind") != "Event":

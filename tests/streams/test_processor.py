@@ -256,7 +256,7 @@ def node_record(time_ms: int, since: str) -> bytes:
 
 
 def test_duration_starts_at_object_timestamp():
-    # A watcher that joins late sees the node NotReady since 2020-09-13T12:25:00Z, 100 s before
+    # A watcher that joins late finds the node NotReady since 2020-09-13T12:25:00Z, 100 s before
     # its first change, so the rule fires 200 s after that change, not 300 s.
     processor = PartitionProcessor("changes", 0, NODE_RULES, [], {}, 0)
     result = BatchResult()
