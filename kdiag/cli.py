@@ -26,6 +26,7 @@ SUBCOMMANDS: dict[str, tuple[str, str]] = {
     "alerts": ("connectors.alerts", "print alerts from the alerts topic"),
     "topics": ("kdiag.topics_command", "create kdiag's topics"),
     "rules": ("kdiag.rules_command", "validate rule files, and apply, list or delete the rules workers follow"),
+    "graphs": ("kdiag.graphs_command", "validate root-cause graph files, and apply, list or delete the graphs workers follow"),
     "receive": ("connectors.alertmanager_receiver", "receive Alertmanager webhooks and publish them as events"),
     "sink": ("connectors.alertmanager_sink", "push graded alerts to Alertmanager's v2 API"),
     "ack": ("connectors.ack", "acknowledge a graded alert"),

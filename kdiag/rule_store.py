@@ -89,16 +89,16 @@ class RuleBook:
         self.rule_set = RuleSet(self._rules[name] for name in sorted(self._rules))
 
 
-def _reader(settings: Settings) -> tuple[Consumer, TopicPartition]:
+def _reader(settings: Settings, topic: str) -> tuple[Consumer, TopicPartition]:
     consumer = Consumer(
         {
             "bootstrap.servers": settings.bootstrap_servers,
-            "group.id": f"kdiag-rules-reader-{uuid.uuid4().hex[:8]}",
+            "group.id": f"{topic}-reader-{uuid.uuid4().hex[:8]}",
             "enable.auto.commit": False,
             "enable.partition.eof": True,
         }
     )
-    partition = TopicPartition(settings.rules_topic, 0, OFFSET_BEGINNING)
+    partition = TopicPartition(topic, 0, OFFSET_BEGINNING)
     consumer.assign([partition])
     return consumer, partition
 
@@ -110,15 +110,19 @@ def _decode(message: Any) -> tuple[str, dict[str, Any] | None]:
     return name, RULE_RECORD.decode(message.value())
 
 
-def read_rules(settings: Settings, timeout_seconds: float = READ_TIMEOUT_SECONDS) -> dict[str, dict[str, Any]]:
-    """Return the rules on the topic now: name -> RuleRecord, deleted rules left out."""
-    consumer, _ = _reader(settings)
+def read_rules(
+    settings: Settings, timeout_seconds: float = READ_TIMEOUT_SECONDS, topic: str | None = None
+) -> dict[str, dict[str, Any]]:
+    """Return the rules on the topic now (the rules topic by default): name -> RuleRecord, deleted
+    rules left out."""
+    topic = topic or settings.rules_topic
+    consumer, _ = _reader(settings, topic)
     records: dict[str, dict[str, Any]] = {}
     deadline = time.monotonic() + timeout_seconds
     try:
         while True:
             if time.monotonic() > deadline:
-                raise KdiagError(f"timed out after {timeout_seconds} s reading {settings.rules_topic}; check the broker")
+                raise KdiagError(f"timed out after {timeout_seconds} s reading {topic}; check the broker")
             message = consumer.poll(0.5)
             if message is None:
                 continue
@@ -154,6 +158,12 @@ def publish_rules(settings: Settings, documents: Iterable[RuleDocument]) -> list
     documents = list(documents)
     for document in documents:
         parse_rules({document.name: document.body}, source=document.source)
+    return publish_documents(settings, settings.rules_topic, documents)
+
+
+def publish_documents(settings: Settings, topic: str, documents: Iterable[RuleDocument]) -> list[str]:
+    """Write one RuleRecord per document to a compacted topic, keyed by name, without validating."""
+    documents = list(documents)
     producer = _producer(settings)
     applied_at = int(time.time() * 1000)
     for document in documents:
@@ -163,22 +173,24 @@ def publish_rules(settings: Settings, documents: Iterable[RuleDocument]) -> list
             "source": document.source,
             "appliedAt": applied_at,
         }
-        producer.produce(settings.rules_topic, key=document.name.encode(), value=RULE_RECORD.encode(record))
-    _flush(producer, settings.rules_topic)
+        producer.produce(topic, key=document.name.encode(), value=RULE_RECORD.encode(record))
+    _flush(producer, topic)
     return [document.name for document in documents]
 
 
-def delete_rules(settings: Settings, names: Iterable[str]) -> list[str]:
-    """Write a tombstone for each named rule that is on the topic. Raises KdiagError for unknown names."""
+def delete_rules(settings: Settings, names: Iterable[str], topic: str | None = None, what: str = "rule") -> list[str]:
+    """Write a tombstone for each name on the topic (the rules topic by default). Raises KdiagError
+    for unknown names."""
+    topic = topic or settings.rules_topic
     names = list(names)
-    existing = read_rules(settings)
+    existing = read_rules(settings, topic=topic)
     unknown = [name for name in names if name not in existing]
     if unknown:
-        raise KdiagError(f"no rule named {', '.join(unknown)} on {settings.rules_topic}; kdiag rules list shows the rules")
+        raise KdiagError(f"no {what} named {', '.join(unknown)} on {topic}; kdiag {what}s list shows them")
     producer = _producer(settings)
     for name in names:
-        producer.produce(settings.rules_topic, key=name.encode(), value=None)
-    _flush(producer, settings.rules_topic)
+        producer.produce(topic, key=name.encode(), value=None)
+    _flush(producer, topic)
     return names
 
 
@@ -186,11 +198,14 @@ class RuleFeed:
     """Keeps a RuleBook current from the rules topic in a background thread.
 
     `start` reads the topic to its end before it returns, so a worker begins with the full rule set.
+    With `topic` and `book`, it keeps another book current from another topic of RuleRecords, such
+    as the root-cause graphs; the book needs `apply(name, record)`.
     """
 
-    def __init__(self, settings: Settings) -> None:
+    def __init__(self, settings: Settings, topic: str | None = None, book: Any = None) -> None:
         self.settings = settings
-        self.book = RuleBook()
+        self.topic = topic or settings.rules_topic
+        self.book = book if book is not None else RuleBook()
         self._lock = threading.Lock()
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
@@ -203,14 +218,12 @@ class RuleFeed:
             return self.book.rule_set
 
     def start(self) -> None:
-        self._consumer, _ = _reader(self.settings)
+        self._consumer, _ = _reader(self.settings, self.topic)
         deadline = time.monotonic() + READ_TIMEOUT_SECONDS
         while not self._poll_once(wait_seconds=0.5):
             if time.monotonic() > deadline:
-                raise KdiagError(
-                    f"timed out after {READ_TIMEOUT_SECONDS} s reading {self.settings.rules_topic}; check the broker"
-                )
-        log.info("rules loaded", extra={"topic": self.settings.rules_topic, "rules": len(self.book.rule_set)})
+                raise KdiagError(f"timed out after {READ_TIMEOUT_SECONDS} s reading {self.topic}; check the broker")
+        log.info("rules topic read", extra={"topic": self.topic, "records": self.records_read})
         self._thread = threading.Thread(target=self._run, name="kdiag-rule-feed", daemon=True)
         self._thread.start()
 
@@ -223,7 +236,7 @@ class RuleFeed:
         if message.error() is not None:
             if message.error().code() == KafkaError._PARTITION_EOF:
                 return True
-            log.warning("rules topic read failed", extra={"topic": self.settings.rules_topic, "error": str(message.error())})
+            log.warning("rules topic read failed", extra={"topic": self.topic, "error": str(message.error())})
             return False
         self.records_read += 1
         try:
@@ -240,7 +253,7 @@ class RuleFeed:
             try:
                 self._poll_once(wait_seconds=0.5)
             except KafkaException as error:
-                log.warning("rules topic read failed", extra={"topic": self.settings.rules_topic, "error": str(error)})
+                log.warning("rules topic read failed", extra={"topic": self.topic, "error": str(error)})
                 time.sleep(1.0)
 
     def wait_for(self, names: Iterable[str], timeout_seconds: float = READ_TIMEOUT_SECONDS) -> None:
@@ -250,7 +263,7 @@ class RuleFeed:
         while not wanted <= set(self.rule_set.names):
             if time.monotonic() > deadline:
                 missing = sorted(wanted - set(self.rule_set.names))
-                raise KdiagError(f"rules {', '.join(missing)} did not arrive on {self.settings.rules_topic} within {timeout_seconds} s")
+                raise KdiagError(f"rules {', '.join(missing)} did not arrive on {self.topic} within {timeout_seconds} s")
             time.sleep(0.1)
 
     def stop(self) -> None:

@@ -24,6 +24,9 @@ class Settings:
     alerts_topic: str = "kdiag-alerts"
     dead_letter_topic: str = "kdiag-dead-letters"
     rules_topic: str = "kdiag-rules"
+    # Root cause: diagnoses of the rule stage in, graph declarations on a compacted topic.
+    diagnoses_topic: str = "kdiag-diagnoses"
+    graphs_topic: str = "kdiag-graphs"
     # Alert center: events from every source in, graded alerts out, acknowledgements as actions.
     events_topic: str = "kdiag-events"
     graded_alerts_topic: str = "kdiag-graded-alerts"
@@ -34,6 +37,9 @@ class Settings:
     app_id: str = "kdiag-worker"
     state_dir: Path = PROJECT_ROOT / "var" / "state"
     rules_dir: Path = PROJECT_ROOT / "rules"
+    graphs_dir: Path = PROJECT_ROOT / "rootcause"
+    # Worker processes for root-cause plugins declared with isolation: process.
+    plugin_processes: int = 2
     schemas_dir: Path = PROJECT_ROOT / "schemas"
     batch_max_records: int = 200
     commit_interval_seconds: float = 0.1
@@ -56,6 +62,11 @@ class Settings:
     def center_changelog_topic(self) -> str:
         """Compacted topic that backs the alert center's RocksDB state."""
         return f"{self.app_id}-center-changelog"
+
+    @property
+    def root_cause_changelog_topic(self) -> str:
+        """Compacted topic that backs the root-cause stage's offsets."""
+        return f"{self.app_id}-rootcause-changelog"
 
     @property
     def cluster_objects_topic(self) -> str:

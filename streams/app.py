@@ -1,14 +1,19 @@
-"""The Faust application of the stream worker.
+"""The Faust application of the stream worker: three stages, each an agent.
 
-One agent consumes the changes topic in batches (`take_events`) and hands each batch to the
-WorkerRuntime, which commits the batch's alerts and state in Kafka transactions. Faust acknowledges
-the events only after the agent's loop body returns, so the consumer group's committed offset never
-passes what the transactions committed. Records that Faust delivers again after a crash are
-recognised by offset and skipped.
+- `evaluate-rules` consumes the changes topic and writes alerts, and diagnoses for the next stage;
+- `find-root-cause` consumes the diagnoses topic and writes DIAGNOSIS events, root cause attached;
+- `grade-alerts` consumes the events and actions topics and writes graded alerts.
+
+Each agent takes batches (`take_events`) and hands them to its runtime, which commits each
+partition's outputs, state and next offset in one Kafka transaction. Faust acknowledges the events
+only after the agent's loop body returns, so the consumer group's committed offset never passes what
+the transactions committed. Records that Faust delivers again after a crash are recognised by
+offset and skipped.
 """
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import os
 from typing import Any, Callable
@@ -16,10 +21,12 @@ from typing import Any, Callable
 import faust
 from faust.types import TP
 
+from kdiag.rootcause import GraphSet
 from kdiag.rules import RuleSet
 from kdiag.settings import Settings
 from streams.center import CenterRecord, CenterRuntime
 from streams.cluster_objects import ClusterObjects
+from streams.root_cause import DiagnosisRecord, RootCauseRuntime
 from streams.runtime import InputRecord, WorkerRuntime
 
 log = logging.getLogger(__name__)
@@ -41,9 +48,13 @@ def stop_after_fatal_error(error: Exception) -> None:
 
 
 def create_app(
-    settings: Settings, rules: Callable[[], RuleSet], cluster_objects: ClusterObjects | None = None
+    settings: Settings,
+    rules: Callable[[], RuleSet],
+    cluster_objects: ClusterObjects | None = None,
+    graphs: GraphSet | None = None,
 ) -> tuple[faust.App, WorkerRuntime]:
-    """Build the Faust app. `rules` returns the rule set in force; it is called once per batch."""
+    """Build the Faust app. `rules` returns the rule set in force; it is called once per batch.
+    `graphs` holds the root-cause graphs in force; without it, diagnoses pass without a root cause."""
     app = faust.App(
         settings.app_id,
         broker=[f"kafka://{server}" for server in settings.bootstrap_servers.split(",")],
@@ -73,6 +84,25 @@ def create_app(
                 runtime.process(records)
             except Exception as error:
                 stop_after_fatal_error(error)
+
+    root_cause = RootCauseRuntime(settings, graphs if graphs is not None else GraphSet(pool_size=1))
+    diagnoses = app.topic(settings.diagnoses_topic, key_type=bytes, value_type=bytes, internal=False)
+
+    @app.agent(diagnoses, name="find-root-cause")
+    async def find_root_cause(stream: faust.Stream) -> None:
+        async for events in stream.take_events(
+            settings.batch_max_records, within=settings.commit_interval_seconds
+        ):
+            records = [DiagnosisRecord(event.message.partition, event.message.offset, event.value) for event in events]
+            try:
+                # Plugins block for up to their timeouts; the event loop keeps serving the other agents.
+                await asyncio.to_thread(root_cause.process, records)
+            except Exception as error:
+                stop_after_fatal_error(error)
+            # The diagnoses topic is written in transactions; see grade_alerts.
+            offsets = {TP(settings.diagnoses_topic, partition): offset for partition, offset in root_cause.next_offsets().items()}
+            if offsets:
+                await app.consumer._commit_offsets(offsets)
 
     center = CenterRuntime(settings)
     center_inputs = app.topic(
@@ -104,16 +134,19 @@ def create_app(
     @app.on_partitions_assigned.connect
     async def on_assigned(sender: Any, assigned: set[Any], **kwargs: Any) -> None:
         runtime.assign(tp.partition for tp in assigned if tp.topic == settings.changes_topic)
+        root_cause.assign({tp.partition for tp in assigned if tp.topic == settings.diagnoses_topic})
         center.assign({tp.partition for tp in assigned if tp.topic in (settings.events_topic, settings.actions_topic)})
 
     @app.on_partitions_revoked.connect
     async def on_revoked(sender: Any, revoked: set[Any], **kwargs: Any) -> None:
         runtime.release(tp.partition for tp in revoked if tp.topic == settings.changes_topic)
+        root_cause.release({tp.partition for tp in revoked if tp.topic == settings.diagnoses_topic})
         center.release({tp.partition for tp in revoked if tp.topic in (settings.events_topic, settings.actions_topic)})
 
     @app.on_before_shutdown.connect
     async def on_shutdown(sender: Any, **kwargs: Any) -> None:
         runtime.close()
+        root_cause.close()
         center.close()
 
     return app, runtime

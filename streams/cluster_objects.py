@@ -58,6 +58,11 @@ class ClusterObjects:
         with self._lock:
             return self._objects.get(key)
 
+    def nodes(self, cluster: str) -> list[dict[str, Any]]:
+        """Return the Nodes of a cluster, in name order."""
+        with self._lock:
+            return [obj for key, obj in sorted(self._objects.items()) if key[0] == cluster and key[1] == "Node"]
+
     def take_changed(self) -> set[ObjectKey]:
         """Return the keys that changed since the last call."""
         with self._lock:

@@ -17,3 +17,5 @@ BATCH_SECONDS = Histogram(
     "Time to process and commit one batch",
     buckets=(0.001, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5),
 )
+DIAGNOSES = Counter("kdiag_worker_diagnoses_total", "Diagnoses-topic records the root-cause stage processed")
+ROOT_CAUSES = Counter("kdiag_worker_root_causes_total", "Root causes found, by responsibility", ["responsibility"])

@@ -7,8 +7,9 @@ explicit records and timestamps.
 
 from __future__ import annotations
 
-import logging
+import dataclasses
 import heapq
+import logging
 import time
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
@@ -18,13 +19,14 @@ import orjson
 
 from kdiag.alertcenter.events import alert_to_event
 from kdiag.codec import codec
-from kdiag.durations import AlertEvent, DurationTracker, Entry, ObjectRef
+from kdiag.durations import FIRING_STATUS, AlertEvent, DurationTracker, Entry, ObjectRef
 from kdiag.model import topic_key
 from kdiag.partitioning import partition_for_key
 from kdiag.rules.kinds import CLUSTER_SCOPED_KINDS
 from kdiag.rules.references import extract_references
 from kdiag.rules.schedule import next_check_ms
 from streams.references import DYNAMIC_TARGET_KINDS, ObjectKey, ReferencePlan, ReferenceStore, strip_for_storage
+from streams.related_objects import RelatedTable
 from kdiag.errors import DecodeError, KdiagError
 from kdiag.rules import RuleSet
 from streams.state import NEXT_OFFSET_KEY, StateWrite, clock_state_key, entry_state_key
@@ -34,8 +36,10 @@ log = logging.getLogger(__name__)
 CHANGE_BATCH = codec("ChangeBatch")
 ALERT = codec("Alert")
 DEAD_LETTER = codec("DeadLetter")
-EVENT = codec("Event")
+DIAGNOSIS = codec("Diagnosis")
 MAX_DEAD_LETTER_PAYLOAD_BYTES = 65_536
+# A diagnosis larger than this goes out without its related objects, so that it fits a Kafka record.
+MAX_DIAGNOSIS_BYTES = 512 * 1024
 
 
 class OffsetGapError(KdiagError):
@@ -47,6 +51,9 @@ class BatchResult:
     """Outputs and counts of one batch of records of one partition."""
 
     alerts: list[AlertEvent] = field(default_factory=list)
+    # Diagnosis records for the root-cause stage, keyed by rule: one per alert transition.
+    diagnoses: list[tuple[bytes, bytes]] = field(default_factory=list)
+    diagnosed: int = 0  # alerts turned into diagnoses so far
     dead_letters: list[dict[str, Any]] = field(default_factory=list)
     records: int = 0
     changes: int = 0
@@ -55,14 +62,6 @@ class BatchResult:
 
     def encoded_alerts(self) -> list[tuple[bytes, bytes]]:
         return [(event.entry.fingerprint.encode(), ALERT.encode(event.to_avro())) for event in self.alerts]
-
-    def encoded_events(self) -> list[tuple[bytes, bytes]]:
-        """Return the alerts as DIAGNOSIS events for the alert center, keyed by rule."""
-        events = []
-        for event in self.alerts:
-            record = alert_to_event(event.to_avro())
-            events.append((event.entry.rule.encode(), EVENT.encode(record.to_avro())))
-        return events
 
     def encoded_dead_letters(self) -> list[bytes]:
         return [DEAD_LETTER.encode(letter) for letter in self.dead_letters]
@@ -81,11 +80,13 @@ class PartitionProcessor:
         lookup: Callable[[bytes], bytes | None] = lambda key: None,
         scan: Callable[[bytes], Iterable[bytes]] = lambda prefix: (),
         cluster_objects: Callable[[ObjectKey], dict[str, Any] | None] | None = None,
+        cluster_nodes: Callable[[str], Iterable[dict[str, Any]]] | None = None,
     ) -> None:
         """`partitions` is the changes topic's partition count. `lookup` reads one committed state key
         and `scan` returns the committed keys with a prefix. `cluster_objects` returns cluster-scoped
         objects that other partitions received; without it, rules that read them match only on the
-        partition that receives them."""
+        partition that receives them. `cluster_nodes` lists a cluster's Nodes that other partitions
+        received, for the snapshots of unscheduled pods."""
         self.topic = topic
         self.partition = partition
         self.partitions = partitions
@@ -95,6 +96,8 @@ class PartitionProcessor:
         self.references = ReferenceStore(lookup, scan)
         self.plan = ReferencePlan.from_rule_set(rule_set)
         self._cluster_objects = cluster_objects
+        self._cluster_nodes = cluster_nodes
+        self.related = RelatedTable(lookup, scan, rule_set.kinds)
         # Projections of cluster-scoped objects for the cluster-objects topic, taken at the commit.
         self.cluster_object_writes: list[tuple[ObjectKey, dict[str, Any] | None]] = []
         # Periodic checks per cluster: a heap of (due time, uid, rule), and what is on it.
@@ -116,6 +119,7 @@ class PartitionProcessor:
         deleted = {entry.rule for entry in self.tracker.entries.values()} - set(rule_set.names)
         self.rule_set = rule_set
         self.plan = ReferencePlan.from_rule_set(rule_set)
+        self.related.watch_kinds(rule_set.kinds)
         self._rules_checked = True
         for rule in sorted(deleted):
             result.alerts.extend(self.tracker.drop_rule(rule))
@@ -127,6 +131,7 @@ class PartitionProcessor:
             or self._offset_changed
             or self.references.has_writes()
             or self.cluster_object_writes
+            or self.related.has_writes()
         )
 
     def process(self, offset: int, value: bytes | None, result: BatchResult) -> None:
@@ -158,6 +163,7 @@ class PartitionProcessor:
         if tick is not None:
             result.ticks += 1
             self._advance(tick["cluster"], tick["time"], result)
+        self.diagnose(result, offset)
 
     def _advance(self, cluster: str, time_ms: int, result: BatchResult) -> None:
         before = self.tracker.clocks.get(cluster)
@@ -189,7 +195,8 @@ class PartitionProcessor:
 
         self._run_due_checks(cluster, result, until_ms=time_ms)
         rules = self.rule_set.rules_for_kind(ref.kind)
-        if not rules and not referenced:
+        in_table = self.related.holds(ref.kind)
+        if not rules and not referenced and not in_table:
             result.alerts.extend(self.tracker.advance(cluster, time_ms))
             return
         try:
@@ -199,11 +206,16 @@ class PartitionProcessor:
             self._dead_letter(result, offset, reason, change["object"])
             result.alerts.extend(self.tracker.advance(cluster, time_ms))
             return
+        if in_table:
+            stored = self.related.put(object_key, obj)
+            if stored is not None and ref.kind in CLUSTER_SCOPED_KINDS:
+                # The table's projection holds everything the reference projection does.
+                self.cluster_object_writes.append((object_key, stored))
         if referenced:
             result.alerts.extend(self.tracker.advance(cluster, time_ms))
             projection = self.plan.project(obj)
             if self.references.put(object_key, projection):
-                if ref.kind in CLUSTER_SCOPED_KINDS:
+                if ref.kind in CLUSTER_SCOPED_KINDS and not in_table:
                     self.cluster_object_writes.append((object_key, projection))
                 result.alerts.extend(self._recheck_referrers(object_key, time_ms))
         if rules:
@@ -213,8 +225,11 @@ class PartitionProcessor:
         result.alerts.extend(self.tracker.delete(ref, time_ms))
         if self._reference_rules(ref.kind) or self._has_periodic_rules(ref.kind):
             self._forget_referrer(ref.cluster, ref.uid)
+        in_table = self.related.holds(ref.kind)
+        if in_table and self.related.delete(object_key) and ref.kind in CLUSTER_SCOPED_KINDS:
+            self.cluster_object_writes.append((object_key, None))
         if referenced and self.references.delete(object_key):
-            if ref.kind in CLUSTER_SCOPED_KINDS:
+            if ref.kind in CLUSTER_SCOPED_KINDS and not in_table:
                 self.cluster_object_writes.append((object_key, None))
             result.alerts.extend(self._recheck_referrers(object_key, time_ms))
 
@@ -383,6 +398,58 @@ class PartitionProcessor:
         )
         return self._evaluate_references(ref, obj, rules, time_ms)
 
+    # Diagnoses for the root-cause stage
+
+    def diagnose(self, result: BatchResult, source_offset: int = -1) -> None:
+        """Turn the alert transitions added to result since the last call into diagnosis records.
+
+        A FIRING record carries a snapshot of the table as it is now, that is, right after the
+        record whose processing fired the rule.
+        """
+        for event in result.alerts[result.diagnosed:]:
+            result.diagnoses.append((event.entry.rule.encode(), self._diagnosis(event, source_offset)))
+        result.diagnosed = len(result.alerts)
+
+    def _diagnosis(self, event: AlertEvent, source_offset: int) -> bytes:
+        alert = event.to_avro()
+        if event.status != FIRING_STATUS:
+            record = {"alert": alert, "event": alert_to_event(alert).to_avro(), "object": None, "related": None,
+                      "sourceOffset": source_offset}
+            return DIAGNOSIS.encode(record)
+        cluster_objects = self._cluster_objects
+        node_lookup = (lambda cluster, name: cluster_objects((cluster, "Node", "", name))) if cluster_objects is not None else None
+        snapshot = self.related.snapshot(event.entry.ref, node_lookup, self._cluster_nodes)
+        try:
+            diagnosis = alert_to_event(alert, obj=snapshot.workload)
+        except DecodeError as error:
+            log.warning(
+                "object labels or owners ignored",
+                extra={"object": event.entry.ref.describe(), "rule": event.entry.rule, "reason": str(error)},
+            )
+            diagnosis = alert_to_event(alert)
+        diagnosis = dataclasses.replace(
+            diagnosis,
+            owners=snapshot.owners or diagnosis.owners,
+            node=snapshot.node or diagnosis.node,
+            zone=snapshot.zone or diagnosis.zone,
+        )
+        record = {
+            "alert": alert,
+            "event": diagnosis.to_avro(),
+            "object": orjson.dumps(snapshot.obj) if snapshot.obj is not None else None,
+            "related": orjson.dumps(snapshot.related.to_json()),
+            "sourceOffset": source_offset,
+        }
+        encoded = DIAGNOSIS.encode(record)
+        if len(encoded) > MAX_DIAGNOSIS_BYTES:
+            log.warning(
+                "related objects left out of a large diagnosis",
+                extra={"object": event.entry.ref.describe(), "rule": event.entry.rule, "bytes": len(encoded)},
+            )
+            record["related"] = None
+            encoded = DIAGNOSIS.encode(record)
+        return encoded
+
     def _dead_letter(self, result: BatchResult, offset: int, reason: str, payload: bytes) -> None:
         origin = f"{self.topic}[{self.partition}]@{offset}"
         log.warning("record rejected", extra={"origin": origin, "reason": reason})
@@ -414,4 +481,5 @@ class PartitionProcessor:
             writes.append((NEXT_OFFSET_KEY, str(self.next_offset).encode()))
             self._offset_changed = False
         writes.extend(self.references.take_writes())
+        writes.extend(self.related.take_writes())
         return writes

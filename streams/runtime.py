@@ -81,6 +81,7 @@ class PartitionRuntime:
             lookup=self.store.get,
             scan=self.store.scan_keys,
             cluster_objects=self.cluster_objects.get if self.cluster_objects is not None else None,
+            cluster_nodes=self.cluster_objects.nodes if self.cluster_objects is not None else None,
         )
 
     def process(self, records: Sequence[InputRecord], rule_set: RuleSet) -> BatchResult:
@@ -97,6 +98,7 @@ class PartitionRuntime:
             if not self.processor.has_state_writes() and not result.alerts:
                 self.pending_cluster_objects.clear()
                 return result
+            self.processor.diagnose(result)
             writes = self.processor.take_state_writes()
             shared = [
                 (encode_key(key), orjson.dumps(value) if value is not None else None)
@@ -105,7 +107,7 @@ class PartitionRuntime:
             self.processor.cluster_object_writes.clear()
             try:
                 changelog_offset = self.transactions.commit(
-                    result.encoded_alerts(), result.encoded_dead_letters(), writes, shared, result.encoded_events()
+                    result.encoded_alerts(), result.encoded_dead_letters(), writes, shared, result.diagnoses
                 )
             except TransactionAborted:
                 metrics.TRANSACTIONS.labels("aborted").inc()

@@ -72,7 +72,7 @@ class PartitionTransactions:
         dead_letters: Sequence[bytes],
         state_writes: Sequence[tuple[bytes, bytes | None]],
         cluster_objects: Sequence[tuple[bytes, bytes | None]] = (),
-        events: Sequence[tuple[bytes, bytes]] = (),
+        diagnoses: Sequence[tuple[bytes, bytes]] = (),
         timeout_seconds: float = 60.0,
     ) -> int:
         """Produce one rule-worker batch's outputs in one transaction; see commit_outputs."""
@@ -80,7 +80,7 @@ class PartitionTransactions:
         outputs: list[Output] = [(settings.alerts_topic, key, value) for key, value in alerts]
         outputs += [(settings.dead_letter_topic, None, value) for value in dead_letters]
         outputs += [(settings.cluster_objects_topic, key, value) for key, value in cluster_objects]
-        outputs += [(settings.events_topic, key, value) for key, value in events]
+        outputs += [(settings.diagnoses_topic, key, value) for key, value in diagnoses]
         return self.commit_outputs(outputs, state_writes, timeout_seconds)
 
     def commit_outputs(

@@ -6,12 +6,16 @@ import argparse
 import logging
 import os
 import sys
+import time
 from pathlib import Path
 from typing import Callable
 
 import faust
 from prometheus_client import start_http_server
 
+from kdiag.graph_store import GraphBook, publish_graphs, read_graph_documents
+from kdiag.errors import KdiagError
+from kdiag.rootcause import GraphSet
 from kdiag.rule_store import RuleFeed, publish_rules, read_rule_documents
 from kdiag.rules import RuleSet, load_rules
 from kdiag.settings import Settings
@@ -29,6 +33,14 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         action="append",
         help="evaluate the rules in this file or folder and ignore the rules topic (repeatable); "
         "by default the worker follows the rules topic, which it fills from rules/ when the topic has never "
+        "held a record",
+    )
+    parser.add_argument(
+        "--graphs",
+        type=Path,
+        action="append",
+        help="use the root-cause graphs in this file or folder and ignore the graphs topic (repeatable); "
+        "by default the worker follows the graphs topic, which it fills from rootcause/ when the topic has never "
         "held a record",
     )
     parser.add_argument("--app-id", help="consumer group and state name (default KDIAG_APP_ID or kdiag-worker)")
@@ -62,6 +74,7 @@ def run(args: argparse.Namespace, settings: Settings) -> int:
             log.info("rules topic filled from files", extra={"topic": settings.rules_topic, "rules": len(names), "path": str(settings.rules_dir)})
             feed.wait_for(names)
         rules = lambda: feed.rule_set
+    graphs, graph_feed = _start_graphs(args, settings)
     if settings.metrics_port:
         start_http_server(settings.metrics_port, addr="127.0.0.1")
     log.info(
@@ -70,13 +83,14 @@ def run(args: argparse.Namespace, settings: Settings) -> int:
             "app_id": settings.app_id,
             "topic": settings.changes_topic,
             "rules": len(rules()),
+            "graphs": len(graphs.graphs),
             "bootstrap_servers": settings.bootstrap_servers,
             "metrics_port": settings.metrics_port,
         },
     )
     cluster_objects = ClusterObjects(settings)
     cluster_objects.start()
-    app, runtime = create_app(settings, rules, cluster_objects)
+    app, runtime = create_app(settings, rules, cluster_objects, graphs)
     code = 0
     worker = faust.Worker(app, quiet=True, redirect_stdouts=False, override_logging=False, loglevel="WARNING")
     try:
@@ -87,6 +101,9 @@ def run(args: argparse.Namespace, settings: Settings) -> int:
         runtime.close()
         if feed is not None:
             feed.stop()
+        if graph_feed is not None:
+            graph_feed.stop()
+        graphs.close()
         cluster_objects.stop()
         log.info("worker stopped", extra={"app_id": settings.app_id, "exit_status": code})
     # Faust's consumer thread can outlive its event loop and keep the process alive. Everything the
@@ -94,3 +111,29 @@ def run(args: argparse.Namespace, settings: Settings) -> int:
     logging.shutdown()
     sys.stdout.flush()
     os._exit(code)
+
+
+def _start_graphs(args: argparse.Namespace, settings: Settings) -> tuple[GraphSet, RuleFeed | None]:
+    """Load the root-cause graphs from --graphs, or follow the graphs topic."""
+    graphs = GraphSet(pool_size=settings.plugin_processes)
+    if args.graphs:
+        graphs.load(args.graphs)
+        return graphs, None
+    feed = RuleFeed(settings, settings.graphs_topic, GraphBook(graphs))
+    feed.start()
+    if feed.records_read == 0:
+        documents = read_graph_documents([settings.graphs_dir])
+        with GraphSet(pool_size=1) as check:
+            names = publish_graphs(settings, documents, check)
+        log.info("graphs topic filled from files", extra={"topic": settings.graphs_topic, "graphs": len(names), "path": str(settings.graphs_dir)})
+        _wait_for_graphs(feed.book, names)
+    return graphs, feed
+
+
+def _wait_for_graphs(book: GraphBook, names: list[str], timeout_seconds: float = 30.0) -> None:
+    deadline = time.monotonic() + timeout_seconds
+    while not set(names) <= set(book.names):
+        if time.monotonic() > deadline:
+            missing = sorted(set(names) - set(book.names))
+            raise KdiagError(f"graphs {', '.join(missing)} did not arrive on the graphs topic within {timeout_seconds} s")
+        time.sleep(0.1)

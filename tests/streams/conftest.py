@@ -32,6 +32,8 @@ def settings_env(settings: Settings) -> dict[str, str]:
             "KDIAG_ALERTS_TOPIC": settings.alerts_topic,
             "KDIAG_DEAD_LETTER_TOPIC": settings.dead_letter_topic,
             "KDIAG_RULES_TOPIC": settings.rules_topic,
+            "KDIAG_GRAPHS_TOPIC": settings.graphs_topic,
+            "KDIAG_DIAGNOSES_TOPIC": settings.diagnoses_topic,
             "KDIAG_EVENTS_TOPIC": settings.events_topic,
             "KDIAG_GRADED_ALERTS_TOPIC": settings.graded_alerts_topic,
             "KDIAG_ACTIONS_TOPIC": settings.actions_topic,
@@ -141,7 +143,7 @@ class Pipeline:
             for process in self.workers:
                 assert process.poll() in (None, 0, -signal.SIGKILL, -signal.SIGTERM), self.worker_log()
             settings = self.settings
-            if consumer_lag(settings) == 0 and consumer_lag(settings, topic=settings.events_topic) == 0:
+            if all(consumer_lag(settings, topic=topic) == 0 for topic in (settings.changes_topic, settings.diagnoses_topic, settings.events_topic)):
                 return self.alerts()
             time.sleep(0.5)
         raise AssertionError(f"worker still behind after {timeout_seconds} s:\n{self.worker_log()[-5000:]}")
@@ -161,6 +163,8 @@ def make_pipeline(kafka_bootstrap: str, unique_name: str, tmp_path: Path) -> Ite
             alerts_topic=f"{name}-alerts",
             dead_letter_topic=f"{name}-dead-letters",
             rules_topic=f"{name}-rules",
+            graphs_topic=f"{name}-graphs",
+            diagnoses_topic=f"{name}-diagnoses",
             events_topic=f"{name}-events",
             graded_alerts_topic=f"{name}-graded",
             actions_topic=f"{name}-actions",

@@ -20,6 +20,23 @@ RULES_DIR = REPO_ROOT / "rules"
 GRAPHS_DIR = REPO_ROOT / "rootcause"
 SLOW_RESPONSE_SECONDS = 3.0
 
+# Case file -> (cause, responsibility) of every graph that a rule firing on the case leads to.
+CORPUS_EXPECTED = {
+    "01-image-tag-not-found.yaml": ("image-tag-not-found", "USER"),
+    "02-image-pull-unauthorized.yaml": ("image-pull-unauthorized", "USER"),
+    "04-image-pull-rate-limit.yaml": ("registry-rate-limited", "PLATFORM"),
+    "05-image-pull-no-space-left.yaml": ("node-disk-full", "PLATFORM"),
+    "07-oomkilled-low-memory-limit.yaml": ("memory-limit-too-low", "USER"),
+    "10-init-createcontainerconfigerror-secret-missing.yaml": ("config-object-missing", "USER"),
+    "11-createcontainerconfigerror-secret-key-missing.yaml": ("config-key-missing", "USER"),
+    "13-failedscheduling-taint-and-nodeselector.yaml": ("selected-nodes-tainted", "USER"),
+    "16-namespace-terminating-discovery-failure.yaml": ("apiservice-unavailable", "PLATFORM"),
+    "17-service-terminating-lb-finalizer.yaml": ("load-balancer-cleanup-stuck", "PLATFORM"),
+    "22-node-notready-pleg.yaml": ("node-not-ready", "PLATFORM"),
+    "23-node-diskpressure.yaml": ("node-disk-pressure", "PLATFORM"),
+    "26-deployment-progress-deadline-exceeded.yaml": ("rollout-stalled", "UNKNOWN"),
+}
+
 
 class JsonLikeLoader(yaml.SafeLoader):
     """SafeLoader that keeps timestamps as strings, as the API server's JSON has them."""

@@ -6,28 +6,12 @@ import copy
 from typing import Any
 
 import pytest
-from rootcause_support import fired_contexts, load_case, make_context
+from rootcause_support import CORPUS_EXPECTED, fired_contexts, load_case, make_context
 
 from kdiag.codec import codec
 from kdiag.rootcause import GraphSet
 from kdiag.rules import RuleSet
 
-# Case file -> (cause, responsibility) of every graph that a rule firing on the case leads to.
-CORPUS_EXPECTED = {
-    "01-image-tag-not-found.yaml": ("image-tag-not-found", "USER"),
-    "02-image-pull-unauthorized.yaml": ("image-pull-unauthorized", "USER"),
-    "04-image-pull-rate-limit.yaml": ("registry-rate-limited", "PLATFORM"),
-    "05-image-pull-no-space-left.yaml": ("node-disk-full", "PLATFORM"),
-    "07-oomkilled-low-memory-limit.yaml": ("memory-limit-too-low", "USER"),
-    "10-init-createcontainerconfigerror-secret-missing.yaml": ("config-object-missing", "USER"),
-    "11-createcontainerconfigerror-secret-key-missing.yaml": ("config-key-missing", "USER"),
-    "13-failedscheduling-taint-and-nodeselector.yaml": ("selected-nodes-tainted", "USER"),
-    "16-namespace-terminating-discovery-failure.yaml": ("apiservice-unavailable", "PLATFORM"),
-    "17-service-terminating-lb-finalizer.yaml": ("load-balancer-cleanup-stuck", "PLATFORM"),
-    "22-node-notready-pleg.yaml": ("node-not-ready", "PLATFORM"),
-    "23-node-diskpressure.yaml": ("node-disk-pressure", "PLATFORM"),
-    "26-deployment-progress-deadline-exceeded.yaml": ("rollout-stalled", "UNKNOWN"),
-}
 
 
 def diagnose_case(case_file: str, starter_pack: RuleSet, graphs: GraphSet) -> list[tuple[str, dict[str, Any]]]:
