@@ -93,5 +93,7 @@ def publish_graphs(settings: Settings, documents: Iterable[RuleDocument], graphs
     workers, which keep the graphs in force.
     """
     documents = list(documents)
+    for document in documents:
+        graphs.replace([{document.name: document.body}], source=document.source)
     graphs.replace([{document.name: document.body} for document in documents])
     return publish_documents(settings, settings.graphs_topic, documents)

@@ -54,6 +54,8 @@ def run(args: argparse.Namespace, settings: Settings) -> int:
         try:
             documents = read_graph_documents(args.paths)
             if args.action == "validate":
+                for document in documents:
+                    graphs.replace([{document.name: document.body}], source=document.source)
                 graphs.replace([{document.name: document.body} for document in documents])
                 print(f"{len(documents)} graphs valid", file=sys.stderr)
                 return 0
