@@ -30,6 +30,7 @@ SUBCOMMANDS: dict[str, tuple[str, str]] = {
     "receive": ("connectors.alertmanager_receiver", "receive Alertmanager webhooks and publish them as events"),
     "sink": ("connectors.alertmanager_sink", "push graded alerts to Alertmanager's v2 API"),
     "ack": ("connectors.ack", "acknowledge a graded alert"),
+    "center": ("kdiag.center_command", "apply, show or reset the alert center configuration that workers follow"),
     "stats": ("kdiag.stats_command", "print MTTD, MTTA and MTTR per rule and level"),
 }
 

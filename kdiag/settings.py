@@ -31,6 +31,8 @@ class Settings:
     events_topic: str = "kdiag-events"
     graded_alerts_topic: str = "kdiag-graded-alerts"
     actions_topic: str = "kdiag-actions"
+    # Compacted topic with the alert center's configuration (levels, escalation, filters, enrichment).
+    center_config_topic: str = "kdiag-center-config"
     partitions: int = 6
     replication_factor: int = 1
     # Worker.

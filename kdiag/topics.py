@@ -35,6 +35,7 @@ def topic_specs(settings: Settings) -> list[NewTopic]:
             config={"cleanup.policy": "compact", "min.compaction.lag.ms": "60000"},
         ),
         NewTopic(settings.graphs_topic, 1, replication, config={"cleanup.policy": "compact"}),
+        NewTopic(settings.center_config_topic, 1, replication, config={"cleanup.policy": "compact"}),
         NewTopic(settings.diagnoses_topic, settings.partitions, replication),
         NewTopic(
             settings.root_cause_changelog_topic,

@@ -21,6 +21,7 @@ from typing import Any, Callable
 import faust
 from faust.types import TP
 
+from kdiag.alertcenter import AlertCenter
 from kdiag.rootcause import GraphSet
 from kdiag.rules import RuleSet
 from kdiag.settings import Settings
@@ -52,13 +53,19 @@ def create_app(
     rules: Callable[[], RuleSet],
     cluster_objects: ClusterObjects | None = None,
     graphs: GraphSet | None = None,
+    center: AlertCenter | None = None,
 ) -> tuple[faust.App, WorkerRuntime]:
     """Build the Faust app. `rules` returns the rule set in force; it is called once per batch.
-    `graphs` holds the root-cause graphs in force; without it, diagnoses pass without a root cause."""
+    `graphs` holds the root-cause graphs in force; without it, diagnoses pass without a root cause.
+    `center` is the alert center with the configuration in force (default: the defaults)."""
+    faust_dir = settings.state_dir / "faust"
+    faust_dir.mkdir(parents=True, exist_ok=True)
     app = faust.App(
         settings.app_id,
         broker=[f"kafka://{server}" for server in settings.bootstrap_servers.split(",")],
         store="memory://",
+        # Faust's own data folder (it keeps no tables here), inside the state folder, not the cwd.
+        datadir=str(faust_dir),
         key_serializer="raw",
         value_serializer="raw",
         topic_partitions=settings.partitions,
@@ -104,7 +111,7 @@ def create_app(
             if offsets:
                 await app.consumer._commit_offsets(offsets)
 
-    center = CenterRuntime(settings)
+    center_runtime = CenterRuntime(settings, center)
     center_inputs = app.topic(
         settings.events_topic, settings.actions_topic, key_type=bytes, value_type=bytes, internal=False
     )
@@ -119,7 +126,7 @@ def create_app(
                 for event in events
             ]
             try:
-                center.process(records)
+                center_runtime.process(records)
             except Exception as error:
                 stop_after_fatal_error(error)
             # The input topics are written in transactions, so their offsets have gaps (commit and abort
@@ -127,7 +134,7 @@ def create_app(
             # offset, which a killed writer's aborted transaction leaves, so the group offsets are
             # committed here from what the transactions recorded.
             # NOTE: _commit_offsets is a private method of faust-streaming's Consumer (0.15.3).
-            offsets = {TP(topic, partition): offset for (topic, partition), offset in center.next_offsets().items()}
+            offsets = {TP(topic, partition): offset for (topic, partition), offset in center_runtime.next_offsets().items()}
             if offsets:
                 await app.consumer._commit_offsets(offsets)
 
@@ -135,18 +142,18 @@ def create_app(
     async def on_assigned(sender: Any, assigned: set[Any], **kwargs: Any) -> None:
         runtime.assign(tp.partition for tp in assigned if tp.topic == settings.changes_topic)
         root_cause.assign({tp.partition for tp in assigned if tp.topic == settings.diagnoses_topic})
-        center.assign({tp.partition for tp in assigned if tp.topic in (settings.events_topic, settings.actions_topic)})
+        center_runtime.assign({tp.partition for tp in assigned if tp.topic in (settings.events_topic, settings.actions_topic)})
 
     @app.on_partitions_revoked.connect
     async def on_revoked(sender: Any, revoked: set[Any], **kwargs: Any) -> None:
         runtime.release(tp.partition for tp in revoked if tp.topic == settings.changes_topic)
         root_cause.release({tp.partition for tp in revoked if tp.topic == settings.diagnoses_topic})
-        center.release({tp.partition for tp in revoked if tp.topic in (settings.events_topic, settings.actions_topic)})
+        center_runtime.release({tp.partition for tp in revoked if tp.topic in (settings.events_topic, settings.actions_topic)})
 
     @app.on_before_shutdown.connect
     async def on_shutdown(sender: Any, **kwargs: Any) -> None:
         runtime.close()
         root_cause.close()
-        center.close()
+        center_runtime.close()
 
     return app, runtime

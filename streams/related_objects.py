@@ -16,8 +16,8 @@ status report (resourceVersion, managedFields, a Node's heartbeat times and imag
 write stands for a real change.
 
 Namespaced objects share the partition of their namespace, so a snapshot finds them locally. Nodes
-arrive on the partition of key "<cluster>/"; the other partitions find them in the cluster-objects
-feed, to which the receiving partition publishes each Node's projection.
+arrive on the partition of key "<cluster>/", which publishes each Node's projection to the
+cluster-objects feed. The other partitions look Nodes up there.
 
 NOTE: pods on the subject's node are found only among the pods of this partition's namespaces.
 """
@@ -168,7 +168,7 @@ def _index_keys(cluster: str, obj: Mapping[str, Any]) -> set[bytes]:
 
 @dataclass(frozen=True)
 class Snapshot:
-    """What the table held about a diagnosed object when its rule fired."""
+    """The table's view of a diagnosed object at the moment its rule fired."""
 
     obj: dict[str, Any] | None
     related: Related
@@ -192,7 +192,7 @@ class RelatedTable:
         scan: Callable[[bytes], Iterable[bytes]],
         kinds: Iterable[str] = (),
     ) -> None:
-        """`kinds` are the kinds that rules watch; the table holds them and TABLE_KINDS."""
+        """`kinds` are the kinds that rules watch. The table keeps objects of those and of TABLE_KINDS."""
         self._lookup = lookup
         self._scan = scan
         self._staged: dict[bytes, bytes | None] = {}
@@ -277,7 +277,7 @@ class RelatedTable:
         return list(self._indexed_objects(prefix, lambda parts: (cluster, "Pod", parts[0], parts[1]), MAX_RELATED_PODS + 1))
 
     def nodes(self, cluster: str) -> list[dict[str, Any]]:
-        """Return the Nodes of a cluster that this partition holds."""
+        """Return the Nodes of a cluster that this partition received."""
         prefix = TABLE_PREFIX + _join(cluster, "Node", "") + b"\x1f"
         return list(self._indexed_objects(prefix, lambda parts: (cluster, "Node", "", parts[0])))
 
@@ -297,7 +297,7 @@ class RelatedTable:
         node_lookup: NodeLookup | None = None,
         cluster_nodes: Callable[[str], Iterable[Mapping[str, Any]]] | None = None,
     ) -> Snapshot:
-        """Collect what the table holds about a diagnosed object, for the root-cause stage.
+        """Collect the table's objects related to a diagnosed object, for the root-cause stage.
 
         `node_lookup` finds a Node that another partition received, and `cluster_nodes` lists them.
         """

@@ -14,6 +14,8 @@ import faust
 from prometheus_client import start_http_server
 
 from kdiag.graph_store import GraphBook, publish_graphs, read_graph_documents
+from kdiag.alertcenter import AlertCenter
+from kdiag.alertcenter.config_store import CenterConfigBook, read_config_file
 from kdiag.errors import KdiagError
 from kdiag.rootcause import GraphSet
 from kdiag.rule_store import RuleFeed, publish_rules, read_rule_documents
@@ -42,6 +44,12 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         help="use the root-cause graphs in this file or folder and ignore the graphs topic (repeatable); "
         "by default the worker follows the graphs topic, which it fills from rootcause/ when the topic has never "
         "held a record",
+    )
+    parser.add_argument(
+        "--center-config",
+        type=Path,
+        help="use the alert center configuration in this YAML or JSON file and ignore the config topic; "
+        "by default the worker follows the config topic, and uses the defaults while it is empty",
     )
     parser.add_argument("--app-id", help="consumer group and state name (default KDIAG_APP_ID or kdiag-worker)")
     parser.add_argument("--state-dir", type=Path, help="folder of the RocksDB state (default var/state)")
@@ -75,6 +83,13 @@ def run(args: argparse.Namespace, settings: Settings) -> int:
             feed.wait_for(names)
         rules = lambda: feed.rule_set
     graphs, graph_feed = _start_graphs(args, settings)
+    center = AlertCenter()
+    center_feed: RuleFeed | None = None
+    if args.center_config:
+        center.reconfigure(read_config_file(args.center_config))
+    else:
+        center_feed = RuleFeed(settings, settings.center_config_topic, CenterConfigBook(center))
+        center_feed.start()
     if settings.metrics_port:
         start_http_server(settings.metrics_port, addr="127.0.0.1")
     log.info(
@@ -90,7 +105,7 @@ def run(args: argparse.Namespace, settings: Settings) -> int:
     )
     cluster_objects = ClusterObjects(settings)
     cluster_objects.start()
-    app, runtime = create_app(settings, rules, cluster_objects, graphs)
+    app, runtime = create_app(settings, rules, cluster_objects, graphs, center)
     code = 0
     worker = faust.Worker(app, quiet=True, redirect_stdouts=False, override_logging=False, loglevel="WARNING")
     try:
@@ -103,6 +118,8 @@ def run(args: argparse.Namespace, settings: Settings) -> int:
             feed.stop()
         if graph_feed is not None:
             graph_feed.stop()
+        if center_feed is not None:
+            center_feed.stop()
         graphs.close()
         cluster_objects.stop()
         log.info("worker stopped", extra={"app_id": settings.app_id, "exit_status": code})
