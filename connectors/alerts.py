@@ -1,4 +1,5 @@
-"""`kdiag alerts`: print the alerts topic as a table or as JSON lines.
+"""`kdiag alerts`: print the alerts topic, or with --graded the graded alerts topic, as a table or as
+JSON lines.
 
 It reads with isolation.level=read_committed, so it shows only alerts whose worker transaction
 committed, and it never commits consumer offsets.
@@ -25,8 +26,11 @@ from kdiag.topics import consumer_lag
 log = logging.getLogger(__name__)
 
 ALERT = codec("Alert")
+GRADED_ALERT = codec("GradedAlert")
 TIME_FIELDS = ("activeSince", "firedAt", "resolvedAt")
+GRADED_TIME_FIELDS = ("time", "firstSeen", "lastSeen", "startsAt", "ackedAt", "resolvedAt")
 TABLE_COLUMNS = (("STATUS", 8), ("RULE", 34), ("CLUSTER", 26), ("OBJECT", 56), ("FIRED AT", 20), ("RESOLVED AT", 20))
+GRADED_COLUMNS = (("TYPE", 13), ("LEVEL", 5), ("RULE", 32), ("CLUSTER", 24), ("OBJECT", 48), ("WHOSE", 8), ("ROOT CAUSE", 90))
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -44,12 +48,28 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         "and every alert it produced was printed",
     )
     parser.add_argument("--format", choices=["table", "json"], default="table", help="output format (default table)")
+    parser.add_argument(
+        "--graded",
+        action="store_true",
+        help="print the alert center's graded alerts, with level and root cause, instead of the rule stage's alerts",
+    )
 
 
 def read_alerts(
-    settings: Settings, from_beginning: bool, until_idle_seconds: float | None, until_caught_up: bool = False
+    settings: Settings,
+    from_beginning: bool,
+    until_idle_seconds: float | None,
+    until_caught_up: bool = False,
+    graded: bool = False,
 ) -> Iterator[tuple[dict[str, Any] | None, str]]:
-    """Yield (alert, origin) pairs; alert is None when the record could not be decoded."""
+    """Yield (alert, origin) pairs; alert is None when the record could not be decoded.
+
+    With `graded`, read the graded alerts topic. Caught up then means that the worker committed
+    every record of the changes, diagnoses and events topics.
+    """
+    topic = settings.graded_alerts_topic if graded else settings.alerts_topic
+    decoder = GRADED_ALERT if graded else ALERT
+    upstream = (settings.changes_topic, settings.diagnoses_topic, settings.events_topic) if graded else (settings.changes_topic,)
     consumer = Consumer(
         {
             "bootstrap.servers": settings.bootstrap_servers,
@@ -60,14 +80,14 @@ def read_alerts(
         }
     )
     try:
-        metadata = consumer.list_topics(settings.alerts_topic, timeout=30).topics.get(settings.alerts_topic)
+        metadata = consumer.list_topics(topic, timeout=30).topics.get(topic)
         if metadata is None or metadata.error is not None:
             raise KdiagError(
-                f"topic {settings.alerts_topic} not found at {settings.bootstrap_servers}; "
+                f"topic {topic} not found at {settings.bootstrap_servers}; "
                 f"start a worker or run kdiag topics create"
             )
         start = OFFSET_BEGINNING if from_beginning else OFFSET_END
-        partitions = [TopicPartition(settings.alerts_topic, p, start) for p in metadata.partitions]
+        partitions = [TopicPartition(topic, p, start) for p in metadata.partitions]
         consumer.assign(partitions)
         at_end: dict[int, int] = {}  # partition -> end offset, for partitions read to the end
         last_activity = time.monotonic()
@@ -80,7 +100,7 @@ def read_alerts(
                 if until_idle_seconds is not None and drained and idle >= until_idle_seconds:
                     return
                 if until_caught_up and drained:
-                    if targets is None and consumer_lag(settings) == 0:
+                    if targets is None and all(consumer_lag(settings, topic=name) == 0 for name in upstream):
                         # The worker commits alerts before offsets: every alert is below these ends.
                         targets = _end_offsets(consumer, partitions)
                     if targets is not None and all(at_end[p] >= end for p, end in targets.items()):
@@ -96,7 +116,7 @@ def read_alerts(
             last_activity = time.monotonic()
             origin = f"{message.topic()}[{message.partition()}]@{message.offset()}"
             try:
-                yield ALERT.decode(message.value()), origin
+                yield decoder.decode(message.value()), origin
             except DecodeError as decode_error:
                 log.warning("alert record skipped", extra={"origin": origin, "reason": str(decode_error)})
                 yield None, origin
@@ -121,9 +141,18 @@ def alert_to_json(alert: dict[str, Any]) -> dict[str, Any]:
     return readable
 
 
-def format_row(values: list[str]) -> str:
+def graded_to_json(alert: dict[str, Any]) -> dict[str, Any]:
+    """Return the graded alert with its times as RFC 3339 strings."""
+    readable = dict(alert)
+    for name in GRADED_TIME_FIELDS:
+        if readable.get(name) is not None:
+            readable[name] = format_time_ms(readable[name])
+    return readable
+
+
+def format_row(values: list[str], columns: tuple[tuple[str, int], ...] = TABLE_COLUMNS) -> str:
     cells = []
-    for value, (_, width) in zip(values, TABLE_COLUMNS):
+    for value, (_, width) in zip(values, columns):
         text = value if len(value) <= width else value[: width - 1] + "…"
         cells.append(text.ljust(width))
     return " ".join(cells).rstrip()
@@ -137,6 +166,14 @@ def table_row(alert: dict[str, Any]) -> str:
     )
 
 
+def graded_row(alert: dict[str, Any]) -> str:
+    obj = f"{alert['namespace'] or '-'}/{alert['kind']}/{alert['name']}"
+    root_cause = alert.get("rootCause")
+    whose = root_cause["responsibility"] if root_cause else ""
+    summary = f"{root_cause['cause']}: {root_cause['summary']}" if root_cause else ""
+    return format_row([alert["type"], alert["level"], alert["rule"], alert["cluster"], obj, whose, summary], GRADED_COLUMNS)
+
+
 def print_alerts(
     settings: Settings,
     from_beginning: bool,
@@ -144,27 +181,30 @@ def print_alerts(
     output_format: str,
     out: IO[str],
     until_caught_up: bool = False,
+    graded: bool = False,
 ) -> int:
     count = 0
+    columns = GRADED_COLUMNS if graded else TABLE_COLUMNS
+    to_json, to_row = (graded_to_json, graded_row) if graded else (alert_to_json, table_row)
     if output_format == "table":
-        out.write(format_row([title for title, _ in TABLE_COLUMNS]) + "\n")
+        out.write(format_row([title for title, _ in columns], columns) + "\n")
         out.flush()
-    for alert, _origin in read_alerts(settings, from_beginning, until_idle_seconds, until_caught_up):
+    for alert, _origin in read_alerts(settings, from_beginning, until_idle_seconds, until_caught_up, graded):
         if alert is None:
             continue
         count += 1
         if output_format == "json":
-            out.write(orjson.dumps(alert_to_json(alert)).decode() + "\n")
+            out.write(orjson.dumps(to_json(alert)).decode() + "\n")
         else:
-            out.write(table_row(alert) + "\n")
+            out.write(to_row(alert) + "\n")
         out.flush()
     return count
 
 
 def run(args: argparse.Namespace, settings: Settings) -> int:
     count = print_alerts(
-        settings, args.from_beginning, args.until_idle, args.format, sys.stdout, args.until_caught_up
+        settings, args.from_beginning, args.until_idle, args.format, sys.stdout, args.until_caught_up, args.graded
     )
     if args.format == "table":
-        print(f"{count} alert records", file=sys.stderr)
+        print(f"{count} {'graded alert' if args.graded else 'alert'} records", file=sys.stderr)
     return 0

@@ -58,8 +58,11 @@ say "replaying samples/corpus (one cluster per file) and samples/histories, hold
 "$KDIAG" --log-level WARNING replay samples/histories --hold 1h >>"$DEMO_DIR/replay.log" 2>&1
 grep '^total:' "$DEMO_DIR/replay.log" | sed 's/^/run_demo: replayed /' >&2
 
-say "alerts as the worker commits them:"
+say "alerts as the rule stage commits them:"
 "$KDIAG" --log-level WARNING alerts --from-beginning --until-caught-up --format table
+
+say "graded alerts with level and root cause (whose side: USER or PLATFORM):"
+"$KDIAG" --log-level WARNING alerts --graded --from-beginning --until-caught-up --format table
 
 if ! kill -0 "$worker_pid" 2>/dev/null; then
     say "the worker exited early; see var/demo/worker.log"

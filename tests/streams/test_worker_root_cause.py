@@ -41,6 +41,15 @@ def test_graded_alerts_carry_the_root_cause(pipeline):
     assert (config_error["ownerKind"], config_error["node"]) == ("Deployment", "10.0.0.150")
     assert "PodInitCreateContainerConfigError" in pipeline.worker_log()
 
+    # The command line shows the same graded alerts, with the root cause.
+    shown = pipeline.kdiag("alerts", "--graded", "--from-beginning", "--until-caught-up", "--format", "json")
+    assert shown.returncode == 0, shown.stderr
+    printed = [json.loads(line) for line in shown.stdout.splitlines()]
+    assert len(printed) == len(pipeline.graded_alerts())
+    assert {record["rootCause"]["responsibility"] for record in printed if record["rootCause"]} == {"USER", "PLATFORM", "UNKNOWN"}
+    table = pipeline.kdiag("alerts", "--graded", "--from-beginning", "--until-caught-up")
+    assert "image-tag-not-found: Image quay.io/example-org/s3registry:v2.0.0-dev" in table.stdout
+
 
 GRAPH_WITH_REMOTE_PLUGIN = {
     "OOMWithRemoteCheck": {
