@@ -132,3 +132,39 @@ def test_filters_follow_the_config_topic_without_restart(pipeline, tmp_path: Pat
     pipeline.wait_for_alerts()
     assert firing_tenants(pipeline) == ["tenant-0", "tenant-0", "tenant-1", "tenant-2", "tenant-3"]
     assert worker.poll() is None
+
+
+def test_flapping_reason_and_restarts_stay_one_alert(pipeline):
+    """ImagePullBackOff and ErrImagePull alternate and the restart count climbs: one alert, counted."""
+    values = []
+    for number in range(6):
+        reason = ("ImagePullBackOff", "ErrImagePull")[number % 2]
+        alert = {
+            "id": f"alert-{number}",
+            "fingerprint": "fp-web-0",
+            "status": "FIRING",
+            "rule": "PodImagePullError",
+            "cluster": "c1",
+            "kind": "Pod",
+            "namespace": "shop",
+            "name": "web-0",
+            "uid": "uid-web-0",
+            "activeSince": T0,
+            "firedAt": T0 + number * 60_000,
+            "resolvedAt": None,
+            "context": {
+                "status.containerStatuses[name=app].state.waiting.reason": reason,
+                "status.containerStatuses[name=app].restartCount": str(number),
+            },
+        }
+        values.append(EVENT.encode(alert_to_event(alert).to_avro()))
+    resolved = {**alert, "status": "RESOLVED", "resolvedAt": T0 + 600_000}
+    values.append(EVENT.encode(alert_to_event(resolved).to_avro()))
+    pipeline.start_worker()
+    produce(pipeline, values, rule="PodImagePullError")
+    pipeline.wait_for_alerts()
+    records = pipeline.graded_alerts()
+    assert [record["type"] for record in records] == ["FIRING", "RESOLVED"]
+    assert records[1]["count"] == 6
+    assert sorted(records[1]["reasons"]) == ["ErrImagePull", "ImagePullBackOff"]
+    assert records[0]["id"] == records[1]["id"]

@@ -54,10 +54,11 @@ def test_graded_alerts_carry_the_root_cause(pipeline):
 GRAPH_WITH_REMOTE_PLUGIN = {
     "OOMWithRemoteCheck": {
         "diagnoses": ["PodOOMKilled"],
-        "plugins": {"memory-advisor": {"url": "URL", "timeout": 5}},
+        "plugins": {"memory-advisor": {"url": "URL/ok", "timeout": 5}, "broken-advisor": {"url": "URL/invalid-json", "timeout": 5}},
         "nodes": [
             {"name": "history", "plugin": "termination-history"},
             {"name": "advisor", "plugin": "memory-advisor", "inputs": ["history"]},
+            {"name": "broken", "plugin": "broken-advisor"},
         ],
         "verdicts": [
             {
@@ -81,7 +82,7 @@ def test_remote_plugin_declared_at_runtime_is_used_without_restart(pipeline, tmp
         before = [alert for alert in pipeline.graded_alerts() if alert["cluster"] == "before" and alert["status"] == "FIRING"]
         assert before and before[0]["rootCause"]["cause"] == support.CORPUS_EXPECTED["07-oomkilled-low-memory-limit.yaml"][0]
 
-        document = json.loads(json.dumps(GRAPH_WITH_REMOTE_PLUGIN).replace("URL", server.url("/ok")))
+        document = json.loads(json.dumps(GRAPH_WITH_REMOTE_PLUGIN).replace("URL", server.url("")))
         graph_file = tmp_path / "remote.json"
         graph_file.write_text(json.dumps(document))
         # The shipped ContainerTermination graph covers PodOOMKilled too: a rule has one graph at most.
@@ -98,6 +99,10 @@ def test_remote_plugin_declared_at_runtime_is_used_without_restart(pipeline, tmp
         root_cause = after[0]["rootCause"]
         assert root_cause["cause"] == "advised", root_cause
         assert root_cause["summary"] == "The advisor at advisor-1 saw history=OK."
+        # A plugin that returns garbage is reported in its finding, and the graph and the worker go on.
+        (broken,) = [finding for finding in root_cause["findings"] if finding["node"] == "broken"]
+        assert broken["status"] == "FAILED"
+        assert "returned invalid JSON" in broken["error"]
         assert any(request["diagnosis"]["rule"] == "PodOOMKilled" for request in server.requests)
         assert worker.poll() is None, "the worker kept running"
     finally:
