@@ -42,6 +42,8 @@ class Settings:
     graphs_dir: Path = PROJECT_ROOT / "rootcause"
     # Worker processes for root-cause plugins declared with isolation: process.
     plugin_processes: int = 2
+    # Send Warning Events that no rule matches to the alert center (rule KubernetesWarning).
+    forward_warning_events: bool = True
     schemas_dir: Path = PROJECT_ROOT / "schemas"
     batch_max_records: int = 200
     commit_interval_seconds: float = 0.1
@@ -87,6 +89,10 @@ def _convert(name: str, annotation: str, raw: str) -> object:
             return float(raw)
         if annotation == "Path":
             return Path(raw)
+        if annotation == "bool":
+            if raw.lower() not in ("true", "false", "1", "0"):
+                raise ValueError(raw)
+            return raw.lower() in ("true", "1")
         return raw
     except ValueError:
         raise ConfigError(

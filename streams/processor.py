@@ -17,10 +17,10 @@ from typing import Any
 
 import orjson
 
-from kdiag.alertcenter.events import alert_to_event
+from kdiag.alertcenter.events import alert_to_event, kubernetes_event_to_event
 from kdiag.codec import codec
 from kdiag.durations import FIRING_STATUS, AlertEvent, DurationTracker, Entry, ObjectRef
-from kdiag.model import topic_key
+from kdiag.model import format_time_ms, topic_key
 from kdiag.partitioning import partition_for_key
 from kdiag.rules.kinds import CLUSTER_SCOPED_KINDS
 from kdiag.rules.references import extract_references
@@ -37,6 +37,7 @@ CHANGE_BATCH = codec("ChangeBatch")
 ALERT = codec("Alert")
 DEAD_LETTER = codec("DeadLetter")
 DIAGNOSIS = codec("Diagnosis")
+EVENT = codec("Event")
 MAX_DEAD_LETTER_PAYLOAD_BYTES = 65_536
 # A diagnosis larger than this goes out without its related objects, so that it fits a Kafka record.
 MAX_DIAGNOSIS_BYTES = 512 * 1024
@@ -54,6 +55,8 @@ class BatchResult:
     # Diagnosis records for the root-cause stage, keyed by rule: one per alert transition.
     diagnoses: list[tuple[bytes, bytes]] = field(default_factory=list)
     diagnosed: int = 0  # alerts turned into diagnoses so far
+    # Warning Events that no rule matched, as KUBERNETES_EVENT events for the alert center.
+    warning_events: list[tuple[bytes, bytes]] = field(default_factory=list)
     dead_letters: list[dict[str, Any]] = field(default_factory=list)
     records: int = 0
     changes: int = 0
@@ -81,12 +84,14 @@ class PartitionProcessor:
         scan: Callable[[bytes], Iterable[bytes]] = lambda prefix: (),
         cluster_objects: Callable[[ObjectKey], dict[str, Any] | None] | None = None,
         cluster_nodes: Callable[[str], Iterable[dict[str, Any]]] | None = None,
+        forward_warnings: bool = True,
     ) -> None:
         """`partitions` is the changes topic's partition count. `lookup` reads one committed state key
         and `scan` returns the committed keys with a prefix. `cluster_objects` returns cluster-scoped
         objects that other partitions received; without it, rules that read them match only on the
         partition that receives them. `cluster_nodes` lists a cluster's Nodes that other partitions
-        received, for the snapshots of unscheduled pods."""
+        received, for the snapshots of unscheduled pods. With `forward_warnings`, Warning Events that
+        no rule matches go to the alert center as they are."""
         self.topic = topic
         self.partition = partition
         self.partitions = partitions
@@ -97,6 +102,7 @@ class PartitionProcessor:
         self.plan = ReferencePlan.from_rule_set(rule_set)
         self._cluster_objects = cluster_objects
         self._cluster_nodes = cluster_nodes
+        self.forward_warnings = forward_warnings
         self.related = RelatedTable(lookup, scan, rule_set.kinds)
         # Projections of cluster-scoped objects for the cluster-objects topic, taken at the commit.
         self.cluster_object_writes: list[tuple[ObjectKey, dict[str, Any] | None]] = []
@@ -218,8 +224,9 @@ class PartitionProcessor:
                 if ref.kind in CLUSTER_SCOPED_KINDS and not in_table:
                     self.cluster_object_writes.append((object_key, projection))
                 result.alerts.extend(self._recheck_referrers(object_key, time_ms))
-        if rules:
-            self._evaluate_change(ref, obj, rules, time_ms, result)
+        matched = self._evaluate_change(ref, obj, rules, time_ms, result) if rules else False
+        if ref.kind == "Event" and not matched and self.forward_warnings and obj.get("type") == "Warning":
+            self._forward_warning(ref, obj, time_ms, result)
 
     def _apply_delete(self, ref: ObjectRef, object_key: ObjectKey, referenced: bool, time_ms: int, result: BatchResult) -> None:
         result.alerts.extend(self.tracker.delete(ref, time_ms))
@@ -233,9 +240,9 @@ class PartitionProcessor:
                 self.cluster_object_writes.append((object_key, None))
             result.alerts.extend(self._recheck_referrers(object_key, time_ms))
 
-    def _evaluate_change(self, ref: ObjectRef, obj: dict[str, Any], rules: Any, time_ms: int, result: BatchResult) -> None:
-        """Evaluate the rules of a changed object. Periodic rules are only scheduled: they run at their
-        check times."""
+    def _evaluate_change(self, ref: ObjectRef, obj: dict[str, Any], rules: Any, time_ms: int, result: BatchResult) -> bool:
+        """Evaluate the rules of a changed object and return whether one of them matched. Periodic rules
+        are only scheduled: they run at their check times."""
         cluster = ref.cluster
         resolve = self._resolver(cluster)
         results = []
@@ -253,12 +260,34 @@ class PartitionProcessor:
             start_ms = rule.active_since_ms(obj) if match is not None and rule.duration_from is not None else None
             results.append((rule.name, rule.duration_seconds, match, start_ms))
         result.alerts.extend(self.tracker.observe(ref, time_ms, results))
+        matched = any(match is not None for _, _, match, _ in results)
         if reference_rules:
             self._remember_referrer(ref, obj, reference_rules)
         elif periodic_rules:
             self.references.put_referrer(cluster, ref.uid, strip_for_storage(obj))
         for rule in periodic_rules:
             self._schedule(cluster, ref.uid, rule, time_ms)
+        return matched
+
+    def _forward_warning(self, ref: ObjectRef, obj: dict[str, Any], time_ms: int, result: BatchResult) -> None:
+        """Send a Warning Event that no rule matched to the alert center as a KUBERNETES_EVENT event.
+        An Event without any time of its own (a partial dump) takes the change's observed time."""
+        metadata = obj.get("metadata") if isinstance(obj.get("metadata"), dict) else {}
+        if not any(obj.get(name) for name in ("lastTimestamp", "eventTime", "series")) and not metadata.get("creationTimestamp"):
+            obj = {**obj, "eventTime": format_time_ms(time_ms)}
+        involved = obj.get("involvedObject") or obj.get("regarding") or {}
+        involved_object = None
+        if isinstance(involved, dict) and involved.get("kind") and involved.get("name"):
+            kind = str(involved["kind"])
+            namespace = "" if kind in CLUSTER_SCOPED_KINDS else str(involved.get("namespace") or ref.namespace)
+            involved_object = self.related.get((ref.cluster, kind, namespace, str(involved["name"])))
+        try:
+            event = kubernetes_event_to_event(obj, ref.cluster, involved_object)
+        except DecodeError as error:
+            log.warning("warning event not forwarded", extra={"object": ref.describe(), "cluster": ref.cluster, "reason": str(error)})
+            return
+        if event is not None:
+            result.warning_events.append((event.rule.encode(), EVENT.encode(event.to_avro())))
 
     # References
 

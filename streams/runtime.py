@@ -82,6 +82,7 @@ class PartitionRuntime:
             scan=self.store.scan_keys,
             cluster_objects=self.cluster_objects.get if self.cluster_objects is not None else None,
             cluster_nodes=self.cluster_objects.nodes if self.cluster_objects is not None else None,
+            forward_warnings=self.settings.forward_warning_events,
         )
 
     def process(self, records: Sequence[InputRecord], rule_set: RuleSet) -> BatchResult:
@@ -95,7 +96,7 @@ class PartitionRuntime:
             self.processor.recheck_cluster_objects(self.pending_cluster_objects, result)
             for record in records:
                 self.processor.process(record.offset, record.value, result)
-            if not self.processor.has_state_writes() and not result.alerts:
+            if not self.processor.has_state_writes() and not result.alerts and not result.warning_events:
                 self.pending_cluster_objects.clear()
                 return result
             self.processor.diagnose(result)
@@ -107,7 +108,7 @@ class PartitionRuntime:
             self.processor.cluster_object_writes.clear()
             try:
                 changelog_offset = self.transactions.commit(
-                    result.encoded_alerts(), result.encoded_dead_letters(), writes, shared, result.diagnoses
+                    result.encoded_alerts(), result.encoded_dead_letters(), writes, shared, result.diagnoses, result.warning_events
                 )
             except TransactionAborted:
                 metrics.TRANSACTIONS.labels("aborted").inc()

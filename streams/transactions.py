@@ -73,6 +73,7 @@ class PartitionTransactions:
         state_writes: Sequence[tuple[bytes, bytes | None]],
         cluster_objects: Sequence[tuple[bytes, bytes | None]] = (),
         diagnoses: Sequence[tuple[bytes, bytes]] = (),
+        events: Sequence[tuple[bytes, bytes]] = (),
         timeout_seconds: float = 60.0,
     ) -> int:
         """Produce one rule-worker batch's outputs in one transaction; see commit_outputs."""
@@ -81,6 +82,7 @@ class PartitionTransactions:
         outputs += [(settings.dead_letter_topic, None, value) for value in dead_letters]
         outputs += [(settings.cluster_objects_topic, key, value) for key, value in cluster_objects]
         outputs += [(settings.diagnoses_topic, key, value) for key, value in diagnoses]
+        outputs += [(settings.events_topic, key, value) for key, value in events]
         return self.commit_outputs(outputs, state_writes, timeout_seconds)
 
     def commit_outputs(

@@ -242,3 +242,55 @@ def test_plugin_failure_is_reported_and_the_graph_goes_on(starter_pack: RuleSet)
     findings = {finding["node"]: finding for finding in event["rootCause"]["findings"]}
     assert findings["remote"]["status"] == "FAILED" and "gone" in findings["remote"]["error"]
     assert event["rootCause"]["cause"] == "oom"
+
+
+def warning(name: str, reason: str, message: str, event_type: str = "Warning") -> dict[str, Any]:
+    return {
+        "apiVersion": "v1",
+        "kind": "Event",
+        "metadata": {"name": name, "namespace": "shop", "uid": f"{name}-uid"},
+        "type": event_type,
+        "reason": reason,
+        "message": message,
+        "lastTimestamp": "2024-03-01T10:00:00Z",
+        "involvedObject": {"kind": "Pod", "name": "web-0", "namespace": "shop", "uid": "pod-uid"},
+    }
+
+
+POD = {
+    "apiVersion": "v1",
+    "kind": "Pod",
+    "metadata": {"name": "web-0", "namespace": "shop", "uid": "pod-uid", "labels": {"app": "web"},
+                 "ownerReferences": [{"kind": "ReplicaSet", "name": "web-5d8f", "uid": "rs", "controller": True}]},
+    "spec": {"nodeName": "node-1", "containers": [{"name": "app", "image": "web:1"}]},
+}
+
+
+def forwarded(objects: list[dict[str, Any]], rule_set: RuleSet, forward: bool = True) -> list[dict[str, Any]]:
+    processor = PartitionProcessor("changes", 0, rule_set, [], {}, 0, forward_warnings=forward)
+    result = BatchResult()
+    for offset, obj in enumerate(objects):
+        processor.process(offset, CHANGE_BATCH.encode({"changes": [change(obj, T0 + offset)], "tick": None}), result)
+    return [EVENT.decode(value) for _, value in result.warning_events]
+
+
+def test_unmatched_warning_goes_to_the_center(starter_pack: RuleSet) -> None:
+    (event,) = forwarded([POD, warning("web-0.odd", "ContainerGCFailed", "something unusual")], starter_pack)
+    assert (event["source"], event["rule"], event["reason"]) == ("KUBERNETES_EVENT", "KubernetesWarning", "ContainerGCFailed")
+    assert (event["kind"], event["name"]) == ("Pod", "web-0")
+    assert event["labels"] == {"app": "web"}
+    assert event["owners"][0]["name"] == "web-5d8f"
+
+
+def test_matched_normal_or_disabled_warnings_stay(starter_pack: RuleSet) -> None:
+    not_found = warning("web-0.pull", "Failed", 'Failed to pull image "web:1": rpc error: code = NotFound desc = manifest unknown')
+    assert forwarded([POD, not_found], starter_pack) == []
+    assert forwarded([POD, warning("web-0.ok", "Pulled", "pulled", event_type="Normal")], starter_pack) == []
+    assert forwarded([POD, warning("web-0.odd", "ContainerGCFailed", "x")], starter_pack, forward=False) == []
+
+
+def test_warning_without_times_takes_the_observed_time(starter_pack: RuleSet) -> None:
+    partial = warning("web-0.odd", "ContainerGCFailed", "something unusual")
+    del partial["lastTimestamp"]
+    (event,) = forwarded([POD, partial], starter_pack)
+    assert event["observedTime"] == T0 + 1
