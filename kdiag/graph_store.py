@@ -1,7 +1,7 @@
 """Root-cause graphs on a compacted Kafka topic, so that every worker picks up a change without restarting.
 
-The graphs topic holds one RuleRecord per graph name, like the rules topic holds rules, and a record
-without a value deletes the graph. `kdiag graphs apply|list|delete` write and read it. Each worker
+The graphs topic contains one RuleRecord per graph name, as the rules topic does for rules, and a
+record without a value deletes the graph. `kdiag graphs apply|list|delete` write and read it. Each worker
 follows it with a RuleFeed over a GraphBook, which replaces the GraphSet's graphs as a whole. A
 declaration that fails validation is rejected, and the graphs in force before stay.
 """
@@ -60,7 +60,7 @@ class GraphBook:
             )
             return "rejected"
         self._bodies, self._sources = bodies, sources
-        log.info("graph " + outcome, extra={"graph": name, "source": sources.get(name, "")})
+        log.info("graph applied", extra={"graph": name, "outcome": outcome, "source": sources.get(name, "")})
         return outcome
 
     @property
@@ -88,9 +88,9 @@ def read_graph_documents(paths: Iterable[Any]) -> list[RuleDocument]:
 def publish_graphs(settings: Settings, documents: Iterable[RuleDocument], graphs: GraphSet) -> list[str]:
     """Validate the documents together with `graphs`' registry, then write them all to the graphs topic.
 
-    Nothing is written if one is invalid. The check covers the new documents on their own; a graph
-    that would clash with one already on the topic (the same rule in two graphs) is rejected by the
-    workers, which keep the graphs in force.
+    Nothing is written if one is invalid. The check covers the new documents on their own. A graph
+    that clashes with one already on the topic (the same rule in two graphs) passes here, and the
+    workers reject it and keep the graphs in force.
     """
     documents = list(documents)
     for document in documents:
