@@ -109,8 +109,8 @@ def consumer_lag(settings: Settings, timeout_seconds: float = 30.0, topic: str |
 
     A transactional producer leaves a commit marker after each transaction. The group never commits
     past a marker at the end of a partition, so a partition whose remaining offsets hold only markers
-    counts as caught up. Returns None while the group coordinator is unavailable, e.g. right after
-    the broker started.
+    counts as caught up. Returns None while the group coordinator or a partition leader is
+    unavailable, e.g. right after the broker started or the topic was created.
     """
     topic = topic or settings.changes_topic
     consumer = Consumer({"bootstrap.servers": settings.bootstrap_servers, "group.id": settings.app_id})
@@ -118,11 +118,12 @@ def consumer_lag(settings: Settings, timeout_seconds: float = 30.0, topic: str |
         partitions = [TopicPartition(topic, p) for p in range(settings.partitions)]
         try:
             committed = consumer.committed(partitions, timeout=timeout_seconds)
+            watermarks = [consumer.get_watermark_offsets(partition, timeout=timeout_seconds, cached=False) for partition in committed]
         except KafkaException:
+            # E.g. NOT_LEADER_FOR_PARTITION while a new topic's leaders are elected.
             return None
         lag = 0
-        for partition in committed:
-            low, high = consumer.get_watermark_offsets(partition, timeout=timeout_seconds, cached=False)
+        for partition, (low, high) in zip(committed, watermarks):
             start = partition.offset if partition.offset >= 0 else low
             if start < high and _has_records(settings, topic, partition.partition, start, timeout_seconds):
                 lag += high - start

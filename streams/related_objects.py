@@ -216,7 +216,9 @@ class RelatedTable:
         """Stage the object's projection. Returns it when it differs from the stored one, else None."""
         state_key = table_key(key)
         projection = table_projection(obj)
-        raw = orjson.dumps(projection, option=orjson.OPT_SORT_KEYS)
+        # Unsorted keys: the API server writes an object's fields in a stable order, and a reordering
+        # would only cost one extra write.
+        raw = orjson.dumps(projection)
         current = self._current(state_key)
         if current == raw:
             return None
