@@ -16,7 +16,7 @@ import orjson
 
 from kdiag.errors import RuleError
 from kdiag.rootcause.graphset import GraphSet, graph_files, read_documents
-from kdiag.rule_store import RuleDocument, publish_documents
+from kdiag.rule_store import RuleDocument, named_documents, publish_documents
 from kdiag.settings import Settings
 
 log = logging.getLogger(__name__)
@@ -70,19 +70,7 @@ class GraphBook:
 
 def read_graph_documents(paths: Iterable[Any]) -> list[RuleDocument]:
     """Read graph declarations from files and folders, one RuleDocument per graph."""
-    documents: list[RuleDocument] = []
-    seen: dict[str, str] = {}
-    for path in graph_files(list(paths)):
-        source = str(path)
-        for document in read_documents(path):
-            if not isinstance(document, Mapping):
-                raise RuleError("", "", "expected a mapping of graph names to graph bodies", source)
-            for name, body in document.items():
-                if name in seen:
-                    raise RuleError(str(name), "", f"duplicate graph name, already defined in {seen[name]}", source)
-                seen[name] = source
-                documents.append(RuleDocument(str(name), body, source))
-    return documents
+    return named_documents(((str(path), document) for path in graph_files(list(paths)) for document in read_documents(path)), "graph")
 
 
 def publish_graphs(settings: Settings, documents: Iterable[RuleDocument], graphs: GraphSet) -> list[str]:

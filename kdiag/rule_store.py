@@ -278,16 +278,22 @@ def read_rule_documents(paths: Iterable[Any]) -> list[RuleDocument]:
     """Read rule documents from files and folders, as the rule loader finds them, without compiling."""
     from kdiag.rules.loader import _read_documents, _rule_files
 
-    documents: list[RuleDocument] = []
+    return named_documents(
+        ((str(path), document) for path in _rule_files(list(paths)) for document in _read_documents(path)), "rule"
+    )
+
+
+def named_documents(documents: Iterable[tuple[str, Any]], what: str) -> list[RuleDocument]:
+    """Split (source, document) pairs, each document a mapping of names to bodies, into one
+    RuleDocument per name. Raises RuleError for a document that is not a mapping or a repeated name."""
+    result: list[RuleDocument] = []
     seen: dict[str, str] = {}
-    for path in _rule_files(list(paths)):
-        source = str(path)
-        for document in _read_documents(path):
-            if not isinstance(document, Mapping):
-                raise RuleError("", "", "expected a mapping of rule names to rule bodies", source)
-            for name, body in document.items():
-                if name in seen:
-                    raise RuleError(str(name), "", f"duplicate rule name, already defined in {seen[name]}", source)
-                seen[name] = source
-                documents.append(RuleDocument(str(name), body, source))
-    return documents
+    for source, document in documents:
+        if not isinstance(document, Mapping):
+            raise RuleError("", "", f"expected a mapping of {what} names to {what} bodies", source)
+        for name, body in document.items():
+            if name in seen:
+                raise RuleError(str(name), "", f"duplicate {what} name, already defined in {seen[name]}", source)
+            seen[name] = source
+            result.append(RuleDocument(str(name), body, source))
+    return result

@@ -16,11 +16,10 @@ from typing import Any, Sequence
 from kdiag.alertcenter import AlertCenter, AlertCenterState
 from kdiag.alertcenter.events import Event
 from kdiag.codec import codec
-from kdiag.errors import DecodeError, KdiagError
+from kdiag.errors import DecodeError
 from kdiag.settings import Settings
-from streams import metrics
 from streams.state import PartitionStore, restore
-from streams.transactions import PartitionTransactions, TransactionAborted
+from streams.transactions import Output, PartitionTransactions, StateWrite, commit_batch
 
 log = logging.getLogger(__name__)
 
@@ -32,7 +31,6 @@ DEAD_LETTER = codec("DeadLetter")
 STATE_PREFIX = b"s\x1f"
 OFFSET_PREFIX = b"o\x1f"
 CLOCK_KEY = b"clock"
-MAX_TRANSACTION_ATTEMPTS = 3
 
 
 @dataclass
@@ -153,37 +151,28 @@ class CenterPartition:
         )
 
     def process(self, records: Sequence[CenterRecord]) -> CenterResult:
-        for attempt in range(1, MAX_TRANSACTION_ATTEMPTS + 1):
+        result = CenterResult()
+
+        def attempt() -> tuple[list[Output], list[StateWrite]] | None:
+            nonlocal result
             result = CenterResult()
             for record in records:
                 self.processor.process(record, result)
             if result.records == 0:
-                return result
+                return None
             self.processor.finish_batch(result)
-            writes = self.processor.take_state_writes()
-            outputs = [
+            outputs: list[Output] = [
                 (self.settings.graded_alerts_topic, graded.fingerprint.encode(), GRADED_ALERT.encode(graded.to_avro()))
                 for graded in result.graded
             ]
             outputs += [(self.settings.dead_letter_topic, None, DEAD_LETTER.encode(letter)) for letter in result.dead_letters]
-            try:
-                changelog_offset = self.transactions.commit_outputs(outputs, writes)
-            except TransactionAborted:
-                metrics.TRANSACTIONS.labels("aborted").inc()
-                log.warning(
-                    "batch retried after an aborted transaction",
-                    extra={"topic": self.settings.events_topic, "partition": self.partition,
-                           "attempt": f"{attempt}/{MAX_TRANSACTION_ATTEMPTS}"},
-                )
-                self.processor = load_processor(self.store, self.settings, self.partition, self.center)
-                continue
-            metrics.TRANSACTIONS.labels("committed").inc()
-            self.store.apply(writes, changelog_offset)
-            return result
-        raise KdiagError(
-            f"{MAX_TRANSACTION_ATTEMPTS} transactions in a row aborted for {self.settings.events_topic}"
-            f"[{self.partition}]; check the broker's transaction coordinator"
-        )
+            return outputs, self.processor.take_state_writes()
+
+        def reload() -> None:
+            self.processor = load_processor(self.store, self.settings, self.partition, self.center)
+
+        commit_batch(self.transactions, self.store.apply, self.settings.events_topic, attempt, reload)
+        return result
 
     def close(self) -> None:
         self.transactions.close()

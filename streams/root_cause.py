@@ -25,12 +25,12 @@ import orjson
 
 from kdiag.alertcenter.events import FIRING, Event
 from kdiag.codec import codec
-from kdiag.errors import DecodeError, KdiagError
+from kdiag.errors import DecodeError
 from kdiag.rootcause import Diagnosis, DiagnosisContext, GraphSet, Related, run_graph
 from kdiag.settings import Settings
 from streams import metrics
 from streams.state import PartitionStore, restore
-from streams.transactions import PartitionTransactions, TransactionAborted
+from streams.transactions import Output, PartitionTransactions, StateWrite, commit_batch
 
 log = logging.getLogger(__name__)
 
@@ -38,7 +38,6 @@ DIAGNOSIS = codec("Diagnosis")
 EVENT = codec("Event")
 DEAD_LETTER = codec("DeadLetter")
 NEXT_OFFSET_KEY = b"o"
-MAX_TRANSACTION_ATTEMPTS = 3
 MAX_DEAD_LETTER_PAYLOAD_BYTES = 65_536
 
 
@@ -150,33 +149,24 @@ class RootCausePartition:
         return RootCauseProcessor(self.settings, self.partition, self.graphs, int(raw) if raw is not None else 0)
 
     def process(self, records: Sequence[DiagnosisRecord]) -> RootCauseResult:
-        for attempt in range(1, MAX_TRANSACTION_ATTEMPTS + 1):
+        result = RootCauseResult()
+
+        def attempt() -> tuple[list[Output], list[StateWrite]] | None:
+            nonlocal result
             result = RootCauseResult()
             for record in records:
                 self.processor.process(record, result)
             if result.records == 0:
-                return result
-            writes = self.processor.take_state_writes()
-            outputs = [(self.settings.events_topic, key, value) for key, value in result.events]
+                return None
+            outputs: list[Output] = [(self.settings.events_topic, key, value) for key, value in result.events]
             outputs += [(self.settings.dead_letter_topic, None, DEAD_LETTER.encode(letter)) for letter in result.dead_letters]
-            try:
-                changelog_offset = self.transactions.commit_outputs(outputs, writes)
-            except TransactionAborted:
-                metrics.TRANSACTIONS.labels("aborted").inc()
-                log.warning(
-                    "batch retried after an aborted transaction",
-                    extra={"topic": self.settings.diagnoses_topic, "partition": self.partition,
-                           "attempt": f"{attempt}/{MAX_TRANSACTION_ATTEMPTS}"},
-                )
-                self.processor = self._load_processor()
-                continue
-            metrics.TRANSACTIONS.labels("committed").inc()
-            self.store.apply(writes, changelog_offset)
-            return result
-        raise KdiagError(
-            f"{MAX_TRANSACTION_ATTEMPTS} transactions in a row aborted for {self.settings.diagnoses_topic}"
-            f"[{self.partition}]; check the broker's transaction coordinator"
-        )
+            return outputs, self.processor.take_state_writes()
+
+        def reload() -> None:
+            self.processor = self._load_processor()
+
+        commit_batch(self.transactions, self.store.apply, self.settings.diagnoses_topic, attempt, reload)
+        return result
 
     def close(self) -> None:
         self.transactions.close()

@@ -12,14 +12,19 @@ from __future__ import annotations
 import logging
 from typing import Sequence
 
+from collections.abc import Callable
+
 from confluent_kafka import KafkaException, Message, Producer
 
 from kdiag.errors import KdiagError
 from kdiag.settings import Settings
+from streams import metrics
 
 log = logging.getLogger(__name__)
 
 Output = tuple[str, bytes | None, bytes | None]  # topic, key, value
+StateWrite = tuple[bytes, bytes | None]
+MAX_TRANSACTION_ATTEMPTS = 3
 
 
 class TransactionAborted(KdiagError):
@@ -134,3 +139,42 @@ class PartitionTransactions:
 
     def close(self) -> None:
         self._producer.flush(5)
+
+
+def commit_batch(
+    transactions: PartitionTransactions,
+    apply_writes: Callable[[Sequence[StateWrite], int], None],
+    topic: str,
+    attempt: Callable[[], tuple[list[Output], list[StateWrite]] | None],
+    reload: Callable[[], None],
+) -> bool:
+    """Commit what `attempt` returns in one transaction, then apply the state writes locally.
+
+    `attempt` processes a batch from the committed state and returns its outputs and state writes, or
+    None when there is nothing to commit. After an aborted transaction, `reload` restores the
+    committed state and the batch runs again, up to MAX_TRANSACTION_ATTEMPTS times. `apply_writes`
+    gets the writes and the newest changelog offset. Returns whether a transaction committed.
+    """
+    partition = transactions.partition
+    for attempt_number in range(1, MAX_TRANSACTION_ATTEMPTS + 1):
+        staged = attempt()
+        if staged is None:
+            return False
+        outputs, writes = staged
+        try:
+            changelog_offset = transactions.commit_outputs(outputs, writes)
+        except TransactionAborted:
+            metrics.TRANSACTIONS.labels("aborted").inc()
+            log.warning(
+                "batch retried after an aborted transaction",
+                extra={"topic": topic, "partition": partition, "attempt": f"{attempt_number}/{MAX_TRANSACTION_ATTEMPTS}"},
+            )
+            reload()
+            continue
+        metrics.TRANSACTIONS.labels("committed").inc()
+        apply_writes(writes, changelog_offset)
+        return True
+    raise KdiagError(
+        f"{MAX_TRANSACTION_ATTEMPTS} transactions in a row aborted for {topic}[{partition}]; "
+        f"check the broker's transaction coordinator"
+    )
