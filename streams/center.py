@@ -18,6 +18,7 @@ from kdiag.alertcenter.events import Event
 from kdiag.codec import codec
 from kdiag.errors import DecodeError
 from kdiag.settings import Settings
+from streams import metrics
 from streams.state import PartitionStore, restore
 from streams.transactions import Output, PartitionTransactions, StateWrite, commit_batch
 
@@ -216,6 +217,7 @@ class CenterRuntime:
                 runtime = self.partitions[partition] = CenterPartition(self.settings, partition, self.center)
             result = runtime.process(partition_records)
             for graded in result.graded:
+                metrics.MTTX.observe(graded.to_avro())
                 log.info("graded alert", extra={"type": graded.type, "rule": graded.entry.rule,
                                                 "fingerprint": graded.fingerprint, "alert_level": graded.entry.level})
 

@@ -2,6 +2,8 @@
 
 from prometheus_client import Counter, Gauge, Histogram
 
+from kdiag.alertcenter.mttx import MttxMetrics
+
 RECORDS = Counter("kdiag_worker_records_total", "Changes-topic records processed", ["partition"])
 CHANGES = Counter("kdiag_worker_changes_total", "Resource changes evaluated")
 TICKS = Counter("kdiag_worker_ticks_total", "Ticks applied")
@@ -19,3 +21,5 @@ BATCH_SECONDS = Histogram(
 )
 DIAGNOSES = Counter("kdiag_worker_diagnoses_total", "Diagnoses-topic records the root-cause stage processed")
 ROOT_CAUSES = Counter("kdiag_worker_root_causes_total", "Root causes found, by responsibility", ["responsibility"])
+# MTTD, MTTA and MTTR of the graded alerts this worker committed, by rule and level.
+MTTX = MttxMetrics()

@@ -42,6 +42,7 @@ def settings_env(settings: Settings) -> dict[str, str]:
             "KDIAG_STATE_DIR": str(settings.state_dir),
             "KDIAG_PARTITIONS": str(settings.partitions),
             "KDIAG_RULES_DIR": str(settings.rules_dir),
+            "KDIAG_METRICS_PORT": str(settings.metrics_port),
         }
     )
     return env

@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import socket
 import time
+import urllib.request
 from pathlib import Path
 
 import orjson
@@ -160,6 +162,10 @@ def test_flapping_reason_and_restarts_stay_one_alert(pipeline):
         values.append(EVENT.encode(alert_to_event(alert).to_avro()))
     resolved = {**alert, "status": "RESOLVED", "resolvedAt": T0 + 600_000}
     values.append(EVENT.encode(alert_to_event(resolved).to_avro()))
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        metrics_port = probe.getsockname()[1]
+    pipeline.settings = pipeline.settings.replace(metrics_port=metrics_port)
     pipeline.start_worker()
     produce(pipeline, values, rule="PodImagePullError")
     pipeline.wait_for_alerts()
@@ -168,3 +174,8 @@ def test_flapping_reason_and_restarts_stay_one_alert(pipeline):
     assert records[1]["count"] == 6
     assert sorted(records[1]["reasons"]) == ["ErrImagePull", "ImagePullBackOff"]
     assert records[0]["id"] == records[1]["id"]
+    # The worker exposes MTTR of what it committed: 600 s from the first alert to the resolution.
+    direct = urllib.request.build_opener(urllib.request.ProxyHandler({}))
+    with direct.open(f"http://127.0.0.1:{metrics_port}/metrics", timeout=10) as response:
+        exposition = response.read().decode()
+    assert 'kdiag_alertcenter_mttr_seconds_sum{level="P3",rule="PodImagePullError"} 600.0' in exposition
