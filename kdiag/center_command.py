@@ -9,6 +9,7 @@ from pathlib import Path
 import orjson
 
 from kdiag.alertcenter.config_store import CONFIG_NAME, publish_config, read_config_file
+from kdiag.errors import ConfigError
 from kdiag.model import format_time_ms
 from kdiag.rule_store import delete_rules, read_rules
 from kdiag.settings import Settings
@@ -24,14 +25,19 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         "and publish it to the config topic, which every worker follows. Nothing is published when it is invalid.",
     )
     apply.add_argument("path", type=Path, metavar="FILE", help="configuration file")
-    actions.add_parser("show", help="print the configuration on the config topic as JSON")
+    actions.add_parser("show", help="print the configuration on the config topic as JSON (keys it leaves out take their defaults)")
     actions.add_parser("reset", help="restore the default configuration")
 
 
 def run(args: argparse.Namespace, settings: Settings) -> int:
     topic = settings.center_config_topic
     if args.action == "apply":
-        raw = read_config_file(args.path)
+        try:
+            raw = read_config_file(args.path)
+        except ConfigError as error:
+            print(error)
+            print("the configuration is invalid; nothing was published", file=sys.stderr)
+            return 1
         ensure_topics(settings, only=[topic])
         publish_config(settings, raw, str(args.path))
         print(f"published the alert center config from {args.path} to {topic}", file=sys.stderr)

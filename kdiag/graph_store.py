@@ -9,14 +9,14 @@ declaration that fails validation is rejected, and the graphs in force before st
 from __future__ import annotations
 
 import logging
-from collections.abc import Iterable, Mapping
+from collections.abc import Iterable, Mapping, Sequence
 from typing import Any
 
 import orjson
 
 from kdiag.errors import RuleError
 from kdiag.rootcause.graphset import GraphSet, graph_files, read_documents
-from kdiag.rule_store import RuleDocument, named_documents, publish_documents
+from kdiag.rule_store import RuleDocument, named_documents, publish_documents, read_rules
 from kdiag.settings import Settings
 
 log = logging.getLogger(__name__)
@@ -51,8 +51,10 @@ class GraphBook:
             outcome = "changed" if name in bodies else "added"
             bodies[name] = body
             sources[name] = record["source"]
+        # The changed graph goes last, so that a clash with a graph in force rejects the changed one.
+        order = [graph for graph in sorted(bodies) if graph != name] + ([name] if name in bodies else [])
         try:
-            self.graphs.replace([{graph: bodies[graph]} for graph in sorted(bodies)], source="graphs topic")
+            self.graphs.replace_documents((sources[graph], {graph: bodies[graph]}) for graph in order)
         except RuleError as error:
             log.error(
                 "graph rejected; the graphs in force stay",
@@ -73,15 +75,36 @@ def read_graph_documents(paths: Iterable[Any]) -> list[RuleDocument]:
     return named_documents(((str(path), document) for path in graph_files(list(paths)) for document in read_documents(path)), "graph")
 
 
-def publish_graphs(settings: Settings, documents: Iterable[RuleDocument], graphs: GraphSet) -> list[str]:
-    """Validate the documents together with `graphs`' registry, then write them all to the graphs topic.
-
-    Nothing is written if one is invalid. The check covers the new documents on their own. A graph
-    that clashes with one already on the topic (the same rule in two graphs) passes here, and the
-    workers reject it and keep the graphs in force.
-    """
-    documents = list(documents)
+def check_graph_documents(documents: Sequence[RuleDocument], graphs: GraphSet, in_force: Sequence[RuleDocument] = ()) -> list[RuleError]:
+    """Return every problem of the documents, checked with `graphs`' plugin registry, and then, if
+    each is valid on its own, the first clash with each other or with the graphs `in_force` (the
+    same rule in two graphs). Graphs of `in_force` that the documents replace are left out."""
+    problems: list[RuleError] = []
     for document in documents:
-        graphs.replace([{document.name: document.body}], source=document.source)
-    graphs.replace([{document.name: document.body} for document in documents])
+        problems.extend(graphs.problems({document.name: document.body}, document.source))
+    if problems:
+        return problems
+    names = {document.name for document in documents}
+    merged = [(document.source, {document.name: document.body}) for document in in_force if document.name not in names]
+    merged += [(document.source, {document.name: document.body}) for document in documents]
+    try:
+        graphs.replace_documents(merged)
+    except RuleError as error:
+        return [error]
+    return []
+
+
+def graphs_on_topic(settings: Settings) -> list[RuleDocument]:
+    """Return the graphs on the graphs topic now."""
+    records = read_rules(settings, topic=settings.graphs_topic)
+    return [RuleDocument(name, orjson.loads(record["document"]), record["source"]) for name, record in sorted(records.items())]
+
+
+def publish_graphs(settings: Settings, documents: Iterable[RuleDocument], graphs: GraphSet, in_force: Sequence[RuleDocument] = ()) -> list[str]:
+    """Validate the documents together with the graphs `in_force`, then write them all to the graphs
+    topic. Raises the first RuleError, and writes nothing, if there is a problem."""
+    documents = list(documents)
+    problems = check_graph_documents(documents, graphs, in_force)
+    if problems:
+        raise problems[0]
     return publish_documents(settings, settings.graphs_topic, documents)

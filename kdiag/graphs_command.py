@@ -12,10 +12,10 @@ import sys
 import orjson
 
 from kdiag.errors import RuleError
-from kdiag.graph_store import publish_graphs, read_graph_documents
+from kdiag.graph_store import check_graph_documents, graphs_on_topic, read_graph_documents
 from kdiag.model import format_time_ms
 from kdiag.rootcause import GraphSet
-from kdiag.rule_store import delete_rules, read_rules
+from kdiag.rule_store import delete_rules, publish_documents, read_rules
 from kdiag.settings import Settings
 from kdiag.topics import ensure_topics
 
@@ -48,25 +48,39 @@ def run(args: argparse.Namespace, settings: Settings) -> int:
         return _list(args, settings)
     if args.action == "delete":
         names = delete_rules(settings, args.names, topic=settings.graphs_topic, what="graph")
-        print(f"deleted {len(names)} graphs from {settings.graphs_topic}: {', '.join(names)}", file=sys.stderr)
+        print(f"deleted {_count(len(names), 'graph')} from {settings.graphs_topic}: {', '.join(names)}", file=sys.stderr)
         return 0
+    try:
+        documents = read_graph_documents(args.paths)
+    except RuleError as error:
+        print(error)
+        print(f"a graph file is invalid; {'nothing was published' if args.action == 'apply' else 'fix it and run again'}", file=sys.stderr)
+        return 1
     with GraphSet(pool_size=1) as graphs:
-        try:
-            documents = read_graph_documents(args.paths)
-            if args.action == "validate":
-                for document in documents:
-                    graphs.replace([{document.name: document.body}], source=document.source)
-                graphs.replace([{document.name: document.body} for document in documents])
-                print(f"{len(documents)} graphs valid", file=sys.stderr)
-                return 0
-            ensure_topics(settings, only=[settings.graphs_topic])
-            names = publish_graphs(settings, documents, graphs)
-        except RuleError as error:
-            print(error)
-            print("a graph is invalid; nothing was published" if args.action == "apply" else "a graph is invalid", file=sys.stderr)
+        if args.action == "validate":
+            problems = check_graph_documents(documents, graphs)
+            for problem in problems:
+                print(problem)
+            if problems:
+                print(f"{_count(len(problems), 'problem')} found in {_count(len(documents), 'graph')}", file=sys.stderr)
+                return 1
+            print(f"{_count(len(documents), 'graph')} valid", file=sys.stderr)
+            return 0
+        ensure_topics(settings, only=[settings.graphs_topic])
+        # The graphs on the topic take part in the check, so that a clash with them is caught here.
+        problems = check_graph_documents(documents, graphs, graphs_on_topic(settings))
+        for problem in problems:
+            print(problem)
+        if problems:
+            print(f"{_count(len(problems), 'problem')} found; nothing was published", file=sys.stderr)
             return 1
-    print(f"published {len(names)} graphs to {settings.graphs_topic}", file=sys.stderr)
+        names = publish_documents(settings, settings.graphs_topic, documents)
+    print(f"published {_count(len(names), 'graph')} to {settings.graphs_topic}", file=sys.stderr)
     return 0
+
+
+def _count(number: int, noun: str) -> str:
+    return f"{number} {noun}{'' if number == 1 else 's'}"
 
 
 def _list(args: argparse.Namespace, settings: Settings) -> int:
@@ -81,5 +95,5 @@ def _list(args: argparse.Namespace, settings: Settings) -> int:
     for name in sorted(records):
         record = records[name]
         print(f"{name:40} {format_time_ms(record['appliedAt']):21} {record['source']}")
-    print(f"{len(records)} graphs on {settings.graphs_topic}", file=sys.stderr)
+    print(f"{_count(len(records), 'graph')} on {settings.graphs_topic}", file=sys.stderr)
     return 0

@@ -40,6 +40,8 @@ class Settings:
     state_dir: Path = PROJECT_ROOT / "var" / "state"
     rules_dir: Path = PROJECT_ROOT / "rules"
     graphs_dir: Path = PROJECT_ROOT / "rootcause"
+    # Published to an empty center config topic by the first worker.
+    center_config_file: Path = PROJECT_ROOT / "deploy" / "alertcenter.yaml"
     # Worker processes for root-cause plugins declared with isolation: process.
     plugin_processes: int = 2
     # Send Warning Events that no rule matches to the alert center (rule KubernetesWarning).

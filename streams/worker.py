@@ -13,10 +13,10 @@ from typing import Callable
 import faust
 from prometheus_client import start_http_server
 
-from kdiag.graph_store import GraphBook, publish_graphs, read_graph_documents
 from kdiag.alertcenter import AlertCenter
-from kdiag.alertcenter.config_store import CenterConfigBook, read_config_file
+from kdiag.alertcenter.config_store import CenterConfigBook, publish_config, read_config_file
 from kdiag.errors import KdiagError
+from kdiag.graph_store import GraphBook, publish_graphs, read_graph_documents
 from kdiag.rootcause import GraphSet
 from kdiag.rule_store import RuleFeed, publish_rules, read_rule_documents
 from kdiag.rules import RuleSet, load_rules
@@ -88,8 +88,13 @@ def run(args: argparse.Namespace, settings: Settings) -> int:
     if args.center_config:
         center.reconfigure(read_config_file(args.center_config))
     else:
-        center_feed = RuleFeed(settings, settings.center_config_topic, CenterConfigBook(center))
+        book = CenterConfigBook(center)
+        center_feed = RuleFeed(settings, settings.center_config_topic, book)
         center_feed.start()
+        if center_feed.records_read == 0 and settings.center_config_file.is_file():
+            publish_config(settings, read_config_file(settings.center_config_file), str(settings.center_config_file))
+            log.info("center config topic filled from a file", extra={"topic": settings.center_config_topic, "path": str(settings.center_config_file)})
+            _wait_until(lambda: book.applied > 0, f"the alert center config did not arrive on {settings.center_config_topic}")
     if settings.metrics_port:
         start_http_server(settings.metrics_port, addr="127.0.0.1")
     log.info(
@@ -143,14 +148,13 @@ def _start_graphs(args: argparse.Namespace, settings: Settings) -> tuple[GraphSe
         with GraphSet(pool_size=1) as check:
             names = publish_graphs(settings, documents, check)
         log.info("graphs topic filled from files", extra={"topic": settings.graphs_topic, "graphs": len(names), "path": str(settings.graphs_dir)})
-        _wait_for_graphs(feed.book, names)
+        _wait_until(lambda: set(names) <= set(feed.book.names), "the graphs did not arrive on the graphs topic")
     return graphs, feed
 
 
-def _wait_for_graphs(book: GraphBook, names: list[str], timeout_seconds: float = 30.0) -> None:
+def _wait_until(condition: Callable[[], bool], problem: str, timeout_seconds: float = 30.0) -> None:
     deadline = time.monotonic() + timeout_seconds
-    while not set(names) <= set(book.names):
+    while not condition():
         if time.monotonic() > deadline:
-            missing = sorted(set(names) - set(book.names))
-            raise KdiagError(f"graphs {', '.join(missing)} did not arrive on the graphs topic within {timeout_seconds} s")
+            raise KdiagError(f"{problem} within {timeout_seconds} s; check the broker")
         time.sleep(0.1)

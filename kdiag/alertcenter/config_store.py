@@ -8,6 +8,7 @@ CenterConfigBook. A configuration that fails validation is rejected and the one 
 
 from __future__ import annotations
 
+import io
 import logging
 from collections.abc import Mapping
 from pathlib import Path
@@ -57,7 +58,9 @@ class CenterConfigBook:
 def read_config_file(path: Path) -> dict[str, Any]:
     """Read and validate a YAML or JSON configuration file. Raises ConfigError naming the file."""
     try:
-        raw = yaml.safe_load(path.read_text(encoding="utf-8"))
+        stream = io.StringIO(path.read_text(encoding="utf-8"))
+        stream.name = str(path)  # PyYAML names the file in its error marks.
+        raw = yaml.safe_load(stream)
     except OSError as error:
         raise ConfigError(f"cannot read alert center config {path}: {error.strerror or error}") from None
     except yaml.YAMLError as error:

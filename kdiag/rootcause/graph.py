@@ -105,12 +105,12 @@ def check_graphs(
     worker process are rejected.
     """
     if not isinstance(document, Mapping):
-        return [], [RuleError("", "", f"a graph document must be a mapping of graph name to graph body, got {describe(document)}", source)]
+        return [], [RuleError("", "", f"a graph document must be a mapping of graph name to graph body, got {describe(document)}", source, subject="graph")]
     graphs: list[Graph] = []
     problems: list[RuleError] = []
     for name, body in document.items():
         if not isinstance(name, str) or not name.strip():
-            problems.append(RuleError(str(name), "", f"the graph name must be a non-blank string, got {describe(name)}", source))
+            problems.append(RuleError(str(name), "", f"the graph name must be a non-blank string, got {describe(name)}", source, subject="graph"))
             continue
         parser = _GraphParser(name, source, registry, process_call)
         graph = parser.parse(body)
@@ -133,7 +133,7 @@ class _GraphParser:
         self.problems: list[RuleError] = []
 
     def report(self, path: str, problem: str) -> None:
-        self.problems.append(RuleError(self.name, path, problem, self.source))
+        self.problems.append(RuleError(self.name, path, problem, self.source, subject="graph"))
 
     def parse(self, body: Any) -> Graph | None:
         if not isinstance(body, Mapping):

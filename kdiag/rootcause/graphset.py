@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import io
 import json
 import logging
 import os
@@ -95,6 +96,16 @@ class GraphSet:
         """
         self._replace([(source, document) for document in documents])
 
+    def problems(self, document: Any, source: str = "") -> list[RuleError]:
+        """Return every problem of one graph document, checked with this set's plugins, without
+        changing the graphs in force."""
+        return check_graphs(document, self.registry, self._process_call, source)[1]
+
+    def replace_documents(self, documents: Iterable[tuple[str, Any]]) -> None:
+        """Like replace, with (source, document) pairs, so that each problem names its own file.
+        When two graphs claim one rule, the later one is rejected."""
+        self._replace(list(documents))
+
     def load(self, paths: PathLike | Iterable[PathLike]) -> None:
         """Replace every graph by those in the given files and folders.
 
@@ -131,7 +142,7 @@ class GraphSet:
             for graph in parsed:
                 earlier = graphs.get(graph.name)
                 if earlier is not None:
-                    raise RuleError(graph.name, "", f"duplicate graph name, already defined in {earlier.source or '<no source>'}. Rename one of the two graphs", source)
+                    raise RuleError(graph.name, "", f"duplicate graph name, already defined in {earlier.source or '<no source>'}. Rename one of the two graphs", source, subject="graph")
                 for index, rule in enumerate(graph.diagnoses):
                     other = by_rule.get(rule)
                     if other is not None:
@@ -140,6 +151,7 @@ class GraphSet:
                             f"diagnoses[{index}]",
                             f"rule {rule!r} is already analysed by graph {other.name!r}. A rule can have only one graph",
                             source,
+                            subject="graph",
                         )
                     by_rule[rule] = graph
                 graphs[graph.name] = graph
@@ -186,18 +198,20 @@ def read_documents(path: Path) -> list[Any]:
     try:
         text = path.read_text(encoding="utf-8")
     except UnicodeDecodeError as error:
-        raise RuleError("", "", f"the file is not valid UTF-8: {error}", source) from None
+        raise RuleError("", "", f"the file is not valid UTF-8: {error}", source, subject="graph") from None
     except OSError as error:
         raise ConfigError(f"cannot read graph file {source}: {error.strerror or error}") from None
     if path.suffix.lower() == ".json":
         try:
             return [json.loads(text, object_pairs_hook=_reject_duplicate_json_keys)]
         except ValueError as error:
-            raise RuleError("", "", f"invalid JSON: {error}", source) from None
+            raise RuleError("", "", f"invalid JSON: {error}", source, subject="graph") from None
     try:
-        documents = list(yaml.load_all(text, Loader=_GraphYamlLoader))
+        stream = io.StringIO(text)
+        stream.name = source  # PyYAML names the file in its error marks.
+        documents = list(yaml.load_all(stream, Loader=_GraphYamlLoader))
     except yaml.YAMLError as error:
-        raise RuleError("", "", f"invalid YAML: {error}", source) from None
+        raise RuleError("", "", f"invalid YAML: {error}", source, subject="graph") from None
     return [document for document in documents if document is not None]
 
 

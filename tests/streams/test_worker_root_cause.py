@@ -127,9 +127,16 @@ def test_invalid_graphs_are_refused_and_the_graphs_in_force_stay(pipeline, tmp_p
     graph_file.write_text(json.dumps({"Broken": body}))
     refused = pipeline.kdiag("graphs", "apply", str(graph_file))
     assert refused.returncode == 1
-    assert f"{graph_file}: rule 'Broken' at nodes[0].plugin: unknown plugin 'no-such-plugin'" in refused.stdout
+    assert f"{graph_file}: graph 'Broken' at nodes[0].plugin: unknown plugin 'no-such-plugin'" in refused.stdout
     listed = pipeline.kdiag("graphs", "list")
     assert "Broken" not in listed.stdout and "ContainerTermination" in listed.stdout
+
+    # A second graph for a rule that a graph on the topic covers is refused at apply time.
+    clash = tmp_path / "clash.json"
+    clash.write_text(json.dumps({"Clash": {**body, "nodes": [{"name": "a", "plugin": "termination-history"}]}}))
+    refused = pipeline.kdiag("graphs", "apply", str(clash))
+    assert refused.returncode == 1
+    assert "rule 'PodOOMKilled' is already analysed by graph 'ContainerTermination'" in refused.stdout
 
     # A record that skipped the command's check is rejected by the worker, which keeps its graphs.
     publish_documents(pipeline.settings, pipeline.settings.graphs_topic, [RuleDocument("Broken", body, "test")])

@@ -45,7 +45,7 @@ def test_cycle_rejected() -> None:
     assert problem.path == "nodes[0]"
     assert problem.problem == "cycle a -> b -> c -> a: a node can only use the findings of nodes that run before it"
     assert problem.source == "graphs.yaml"
-    assert str(problem) == f"graphs.yaml: rule 'G' at nodes[0]: {problem.problem}"
+    assert str(problem) == f"graphs.yaml: graph 'G' at nodes[0]: {problem.problem}"
 
 
 def test_self_input_rejected() -> None:
