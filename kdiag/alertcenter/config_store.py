@@ -1,6 +1,6 @@
 """The alert center's configuration on a compacted Kafka topic, so that workers pick up a change at once.
 
-The topic holds one RuleRecord, keyed CONFIG_NAME, whose document is the configuration as JSON (the
+The topic contains one RuleRecord, keyed CONFIG_NAME, whose document is the configuration as JSON (the
 keys of docs/alertcenter.md). A record without a value restores the defaults. `kdiag center
 apply|show|reset` write and read it, and each worker follows it with a RuleFeed over a
 CenterConfigBook. A configuration that fails validation is rejected and the one in force stays.
