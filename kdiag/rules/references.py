@@ -106,21 +106,42 @@ class ReferenceDeclaration:
     kind_field: tuple[str, ...] | None = None
     resource: str | None = None
     builtin: str | None = None
-    _extractors: tuple[Callable[[Any], list[ReferenceKey]], ...] = field(default=(), init=False, repr=False, compare=False)
+    # Shared by every declaration with the same kind, kind_field and sources, so that
+    # ExtractedReferences extracts them once per object whatever the rules call them.
+    extractor: "Extractor" = field(init=False, repr=False, compare=False)
 
     def __post_init__(self) -> None:
-        extractors = tuple(_compile_source(self, source) for source in self.sources)
-        object.__setattr__(self, "_extractors", extractors)
+        object.__setattr__(self, "extractor", _shared_extractor(self.kind, self.kind_field, self.sources))
 
     def extract(self, obj: Any) -> list[ReferenceKey]:
         """Return the distinct references of obj, in the order of the sources and the object's lists."""
         if not isinstance(obj, Mapping):
             return []
-        seen: dict[ReferenceKey, None] = {}
-        for extractor in self._extractors:
-            for reference in extractor(obj):
-                seen.setdefault(reference, None)
-        return list(seen)
+        return self.extractor.extract(obj)
+
+
+class ExtractedReferences:
+    """The references of one object, extracted at most once per kind, kind_field and sources.
+
+    The worker makes one for each change and passes it to every rule of the object, and to the
+    reference tracking, so that rules that use the same declaration share one extraction. The lists
+    it returns are shared too, and callers must not change them.
+    """
+
+    __slots__ = ("obj", "_by_extractor")
+
+    def __init__(self, obj: Any) -> None:
+        self.obj = obj
+        self._by_extractor: dict[Extractor, list[ReferenceKey]] = {}
+
+    def extract(self, declaration: ReferenceDeclaration) -> list[ReferenceKey]:
+        """Return declaration.extract(self.obj), extracted at the first call for the declaration's sources."""
+        extractor = declaration.extractor
+        references = self._by_extractor.get(extractor)
+        if references is None:
+            references = declaration.extract(self.obj)
+            self._by_extractor[extractor] = references
+        return references
 
 
 @dataclass(frozen=True)
@@ -156,15 +177,20 @@ def extract_references(rule_or_declaration: "Rule | ReferenceDeclaration", obj: 
     return list(seen)
 
 
-def compile_reference_condition(
-    condition: ReferenceCondition, declaration: ReferenceDeclaration
-) -> Callable[[Any, Resolver], "tuple[str, str] | None"]:
-    """Compile a reference condition into a check of (object, resolver) that returns a context entry or None."""
+# A compiled reference condition: (object, resolver, the object's ExtractedReferences) to a context entry or None.
+ReferenceCheck = Callable[[Any, Resolver, ExtractedReferences], "tuple[str, str] | None"]
+
+
+def compile_reference_condition(condition: ReferenceCondition, declaration: ReferenceDeclaration) -> ReferenceCheck:
+    """Compile a reference condition into a check that returns a context entry or None.
+
+    The check reads the references from the ExtractedReferences of the object it is given.
+    """
     display = condition.display_path
     if condition.operator == "missing":
 
-        def missing_check(obj: Any, resolve: Resolver) -> tuple[str, str] | None:
-            for reference in declaration.extract(obj):
+        def missing_check(obj: Any, resolve: Resolver, extracted: ExtractedReferences) -> tuple[str, str] | None:
+            for reference in extracted.extract(declaration):
                 if resolve(reference.kind, reference.namespace, reference.name) is None:
                     return display, ReferenceKey(*reference[:3]).describe()
             return None
@@ -173,8 +199,8 @@ def compile_reference_condition(
 
     if condition.operator == "keyMissing":
 
-        def key_missing_check(obj: Any, resolve: Resolver) -> tuple[str, str] | None:
-            for reference in declaration.extract(obj):
+        def key_missing_check(obj: Any, resolve: Resolver, extracted: ExtractedReferences) -> tuple[str, str] | None:
+            for reference in extracted.extract(declaration):
                 if reference.key is None:
                     continue
                 target = resolve(reference.kind, reference.namespace, reference.name)
@@ -187,8 +213,8 @@ def compile_reference_condition(
     assert condition.field_condition is not None
     check: Check = compile_check(condition.field_condition)
 
-    def field_check(obj: Any, resolve: Resolver) -> tuple[str, str] | None:
-        for reference in declaration.extract(obj):
+    def field_check(obj: Any, resolve: Resolver, extracted: ExtractedReferences) -> tuple[str, str] | None:
+        for reference in extracted.extract(declaration):
             target = resolve(reference.kind, reference.namespace, reference.name)
             if target is None:
                 continue
@@ -205,7 +231,7 @@ def _fan_out_count(keys: tuple[str, ...] | None) -> int:
     return 0 if keys is None else sum(1 for key in keys if key == FAN_OUT)
 
 
-def _compile_source(declaration: ReferenceDeclaration, source: ReferenceSource) -> Callable[[Any], list[ReferenceKey]]:
+def _compile_source(kind: str | None, kind_field: tuple[str, ...] | None, source: ReferenceSource) -> Callable[[Any], list[ReferenceKey]]:
     """Compile one source into a function from an object to its ReferenceKeys."""
     name_walker = compile_walker(source.field)
     name_fan_outs = _fan_out_count(source.field)
@@ -218,8 +244,8 @@ def _compile_source(declaration: ReferenceDeclaration, source: ReferenceSource) 
     key_path = paired(source.key)
     optional_path = paired(source.optional)
     namespace_path = paired(source.namespace) if isinstance(source.namespace, tuple) else None
-    kind_path = paired(declaration.kind_field)
-    static_kind = declaration.kind
+    kind_path = paired(kind_field)
+    static_kind = kind
     cluster_scoped = source.namespace == NAMESPACE_CLUSTER
 
     def extract(obj: Any) -> list[ReferenceKey]:
@@ -283,6 +309,35 @@ def _own_namespace(obj: Mapping[str, Any]) -> str:
         if type(namespace) is str and namespace:
             return namespace
     return DEFAULT_NAMESPACE
+
+
+class Extractor:
+    """The reference extraction of one kind, kind_field and sources, which equal declarations share."""
+
+    __slots__ = ("_sources",)
+
+    def __init__(self, kind: str | None, kind_field: tuple[str, ...] | None, sources: tuple[ReferenceSource, ...]) -> None:
+        self._sources = tuple(_compile_source(kind, kind_field, source) for source in sources)
+
+    def extract(self, obj: Mapping[str, Any]) -> list[ReferenceKey]:
+        """Return the distinct references of obj, in the order of the sources and the object's lists."""
+        seen: dict[ReferenceKey, None] = {}
+        for extractor in self._sources:
+            for reference in extractor(obj):
+                seen.setdefault(reference, None)
+        return list(seen)
+
+
+_EXTRACTORS: dict[tuple[Any, ...], Extractor] = {}
+
+
+def _shared_extractor(kind: str | None, kind_field: tuple[str, ...] | None, sources: tuple[ReferenceSource, ...]) -> Extractor:
+    """Return the Extractor of these sources, compiled once per process for equal declarations."""
+    identity = (kind, kind_field, sources)
+    extractor = _EXTRACTORS.get(identity)
+    if extractor is None:
+        extractor = _EXTRACTORS[identity] = Extractor(kind, kind_field, sources)
+    return extractor
 
 
 def shared_prefix_problem(field_path: tuple[str, ...], other: tuple[str, ...], other_name: str, may_fan_out_deeper: bool) -> str | None:

@@ -7,6 +7,7 @@ import orjson
 from kdiag.codec import codec
 from kdiag.rules import RuleSet, load_rules, parse_rules
 from streams.processor import BatchResult, PartitionProcessor
+from kdiag.rules.references import Extractor
 from kdiag.rules.schedule import next_check_ms
 from streams.references import OBJECT_PREFIX
 
@@ -322,3 +323,23 @@ def test_owner_partition_publishes_cluster_objects():
     writes = harness.processor.cluster_object_writes
     assert [key for key, _ in writes] == [("c1", "StorageClass", "", "fast")]
     assert writes[0][1]["metadata"]["name"] == "fast"
+
+
+def test_pod_change_extracts_each_declaration_once(monkeypatch):
+    """The five Pod rules of references.yaml use three declarations, so a Pod change extracts three times."""
+    calls = []
+    original = Extractor.extract
+
+    def counting_extract(self, obj):
+        calls.append(self)
+        return original(self, obj)
+
+    monkeypatch.setattr(Extractor, "extract", counting_extract)
+    harness = Harness()
+    harness.feed(record(pod_reading(config_map="site", secret="db"), T0))
+    assert len(calls) == 3
+    assert len(set(calls)) == 3
+    assert harness.processor.references.references_of("c1", "pod-1") == {
+        ("c1", "ConfigMap", "team-a", "site"),
+        ("c1", "Secret", "team-a", "db"),
+    }
