@@ -21,7 +21,7 @@ from typing import TYPE_CHECKING, Any, NamedTuple
 from kdiag.rules.conditions import Check, FieldCondition, compile_check
 from kdiag.rules.kinds import CLUSTER_SCOPED_KINDS, KEY_FIELDS
 from kdiag.rules.paths import Trail, Walker, compile_walker
-from kdiag.rules.values import ABSENT, FAN_OUT
+from kdiag.rules.values import ABSENT, FAN_OUT, PathReader, make_path_reader
 
 if TYPE_CHECKING:
     from kdiag.rules.engine import Rule
@@ -376,29 +376,38 @@ def _shared_extractor(kind: str | None, kind_field: tuple[str, ...] | None, sour
 class _PairedPath:
     """A key, optional, namespace or kindField path, read from the list element it shares with the name's path.
 
-    fan_outs is the number of "[*]" steps it shares with the name's path, and walker reads the rest
-    of the path from the element of the last shared step (from the object when there is none).
+    fan_outs is the number of "[*]" steps it shares with the name's path. The rest of the path is
+    read from the element of the last shared step, or from the object when there is none: by reader
+    when the rest has no "[*]", else by walker.
     """
 
-    __slots__ = ("fan_outs", "walker")
+    __slots__ = ("fan_outs", "reader", "walker")
 
-    def __init__(self, fan_outs: int, walker: Walker) -> None:
+    def __init__(self, fan_outs: int, rest: tuple[str, ...]) -> None:
         self.fan_outs = fan_outs
-        self.walker = walker
+        self.reader: PathReader | None = None
+        self.walker: Walker | None = None
+        if FAN_OUT in rest:
+            self.walker = compile_walker(rest)
+        else:
+            self.reader = make_path_reader(rest)
 
     @classmethod
     def build(cls, name_path: tuple[str, ...], path: tuple[str, ...]) -> "_PairedPath | None":
         """Return the paired path, or None when path does not reach the name's elements through the same keys."""
         fan_outs = min(_fan_out_count(name_path), _fan_out_count(path))
         if fan_outs == 0:
-            return cls(0, compile_walker(path))
+            return cls(0, path)
         end = [index for index, key in enumerate(path) if key == FAN_OUT][fan_outs - 1] + 1
         if path[:end] != name_path[:end]:
             return None
-        return cls(fan_outs, compile_walker(path[end:]))
+        return cls(fan_outs, path[end:])
 
     def values(self, obj: Any, elements: tuple[Any, ...]) -> list[Any]:
         start = elements[self.fan_outs - 1] if self.fan_outs else obj
+        if self.reader is not None:
+            return [self.reader(start)]
+        assert self.walker is not None
         return [value for _, value in self.walker(start)]
 
 
