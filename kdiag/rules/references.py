@@ -441,12 +441,21 @@ class _SourcePlan:
         return plan
 
     def add_references(self, obj: Any, name: str, elements: tuple[Any, ...], own_namespace: str, seen: dict[ReferenceKey, None]) -> None:
-        """Add the references of one name to seen, as _compile_source's extract does."""
-        if self.optional is not None and any(value is True for value in self.optional.values(obj, elements)):
-            return
+        """Add the references of one name to seen, as _compile_source's extract does.
+
+        Plain loops in place of any() and next() over generators, because this runs for every name.
+        """
+        if self.optional is not None:
+            for value in self.optional.values(obj, elements):
+                if value is True:
+                    return
         kind = self.static_kind
         if self.kind is not None:
-            kind = next((value for value in self.kind.values(obj, elements) if type(value) is str and value), None)
+            kind = None
+            for value in self.kind.values(obj, elements):
+                if type(value) is str and value:
+                    kind = value
+                    break
         if not kind:
             return
         if self.cluster_scoped or kind in CLUSTER_SCOPED_KINDS:
@@ -454,17 +463,17 @@ class _SourcePlan:
         else:
             namespace = own_namespace
             if self.namespace is not None:
-                namespace = next(
-                    (value for value in self.namespace.values(obj, elements) if type(value) is str and value),
-                    own_namespace,
-                )
-        key_values = []
+                for value in self.namespace.values(obj, elements):
+                    if type(value) is str and value:
+                        namespace = value
+                        break
+        with_key = False
         if self.key is not None:
-            key_values = [value for value in self.key.values(obj, elements) if type(value) is str and value]
-        if key_values:
-            for key in key_values:
-                seen.setdefault(ReferenceKey(kind, namespace, name, key), None)
-        else:
+            for key in self.key.values(obj, elements):
+                if type(key) is str and key:
+                    seen.setdefault(ReferenceKey(kind, namespace, name, key), None)
+                    with_key = True
+        if not with_key:
             seen.setdefault(ReferenceKey(kind, namespace, name), None)
 
 
