@@ -480,11 +480,11 @@ class _SourcePlan:
 class _PathNode:
     """A node of the trie of the sources' name paths: the next map keys, a "[*]" step, and the sources that end here."""
 
-    __slots__ = ("keys", "each", "ends")
+    __slots__ = ("keys", "fan_out", "ends")
 
     def __init__(self) -> None:
         self.keys: dict[str, _PathNode] = {}
-        self.each: _PathNode | None = None
+        self.fan_out: _PathNode | None = None
         self.ends: list[int] = []
 
 
@@ -502,9 +502,9 @@ def _generate_name_walk(paths: list[tuple[str, ...]]) -> Callable[[Any], list[li
         node = root
         for key in path:
             if key == FAN_OUT:
-                if node.each is None:
-                    node.each = _PathNode()
-                node = node.each
+                if node.fan_out is None:
+                    node.fan_out = _PathNode()
+                node = node.fan_out
             else:
                 node = node.keys.setdefault(key, _PathNode())
         node.ends.append(index)
@@ -523,12 +523,12 @@ def _generate_name_walk(paths: list[tuple[str, ...]]) -> Callable[[Any], list[li
             lines.append(f"{indent}{value} = {variable}.get({key!r}, ABSENT) if type({variable}) is dict else read_key({variable}, {key!r})")
             lines.append(f"{indent}if {value} is not ABSENT:")
             emit(child, value, elements, depth + 1)
-        if node.each is not None:
+        if node.fan_out is not None:
             counter[0] += 1
             element = f"v{counter[0]}"
             lines.append(f"{indent}if type({variable}) is list or isinstance({variable}, tuple):")
             lines.append(f"{indent}    for {element} in {variable}:")
-            emit(node.each, element, [*elements, element], depth + 2)
+            emit(node.fan_out, element, [*elements, element], depth + 2)
 
     emit(root, "v0", [], 1)
     lines.append("    return found")
