@@ -27,7 +27,7 @@ import time
 from pathlib import Path
 
 import orjson
-from confluent_kafka import Consumer, Message, TopicPartition
+from confluent_kafka import Consumer, KafkaError, KafkaException, Message, TopicPartition
 
 from kdiag.rules import RuleSet, load_rules
 from kdiag.settings import Settings
@@ -130,7 +130,12 @@ def run(args: argparse.Namespace) -> dict:
             consumer.commit(asynchronous=True)
         finished_at = time.monotonic()
         finished_cpu = time.process_time()
-        consumer.commit(asynchronous=False)
+        try:
+            consumer.commit(asynchronous=False)
+        except KafkaException as error:
+            # _NO_OFFSET: the asynchronous commits already covered every consumed record.
+            if error.args[0].code() != KafkaError._NO_OFFSET:
+                raise
     finally:
         consumer.close()
         loop.close()

@@ -304,7 +304,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--commit-interval",
         type=float,
-        help="the worker's KDIAG_COMMIT_INTERVAL_SECONDS, the most it waits to fill a batch (default: its own, 0.1)",
+        help="the worker's KDIAG_COMMIT_INTERVAL_SECONDS, the most it waits to fill a batch (default: its own, 0.02)",
     )
     parser.add_argument("--bootstrap-servers", help="use this broker instead of starting one")
 

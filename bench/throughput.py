@@ -17,7 +17,9 @@ sampled every 0.25 s, from the first sample above zero to the first that reaches
 moves after each batch's transaction commits. The bare loop and the peer report their own rate, from
 their first consumed record to their last processed one, and the harness checks that their consumer
 group then committed every record. CPU time per change is the process's user and system time over the
-run, from /proc, which is less sensitive to other load on a shared machine than the rate.
+run, from /proc, which is less sensitive to other load on a shared machine than the rate. For the
+worker, the same counters give the records per batch and per transaction and the share of the time
+it spent inside batches rather than waiting for records.
 With --profile, py-spy samples the worker and the bare loop during one more run each with 100 rules
 (py-spy slows them down, so those runs' rates are not the figures above).
 """
@@ -214,6 +216,11 @@ class RunResult:
             text += f", peak RSS {self.peak_rss_mib:.0f} MiB"
         if self.alerts is not None:
             text += f", {self.alerts} alert transitions"
+        if "records_per_batch" in self.extra:
+            text += (
+                f", {self.extra['records_per_batch']} records per batch, {self.extra['records_per_transaction']} per "
+                f"transaction, {100 * self.extra['share_inside_batches']:.0f} % of the time inside batches"
+            )
         return text
 
     def figures(self) -> dict[str, Any]:
@@ -340,6 +347,7 @@ def run_worker(prefill_: Prefill, rules: list[Path], name: str, profile_output: 
     profiler: _PySpy | None = None
     samples: list[tuple[float, float]] = []
     first: tuple[float, float, float] | None = None
+    first_metrics: dict[str, float] = {}
     try:
         startup = worker.wait_for_partitions()
         if profile_output is not None:
@@ -357,9 +365,11 @@ def run_worker(prefill_: Prefill, rules: list[Path], name: str, profile_output: 
                 samples.append((now, changes))
                 if first is None and changes > 0:
                     first = (now, changes, cpu_seconds(worker.pid) or 0.0)
+                    first_metrics = metrics
                 if records >= prefill_.records:
                     end_cpu = cpu_seconds(worker.pid) or 0.0
                     alerts = int(metric_sum(metrics, "kdiag_worker_alerts_total"))
+                    batching = _batching(first_metrics, metrics, samples[-1][0] - first[0])
                     break
             time.sleep(METRICS_POLL_SECONDS)
         if profiler is not None:
@@ -384,8 +394,26 @@ def run_worker(prefill_: Prefill, rules: list[Path], name: str, profile_output: 
         cpu_seconds=end_cpu - first[2],
         peak_rss_mib=sampler.peak_kib / 1024,
         alerts=alerts,
-        extra={"startup_seconds": round(startup, 2), "app_id": app_id},
+        extra={"startup_seconds": round(startup, 2), "app_id": app_id, **batching},
     )
+
+
+def _batching(start: dict[str, float], end: dict[str, float], seconds: float) -> dict[str, float]:
+    """Return the worker's records per batch and per transaction, and its share of time inside batches.
+
+    The figures are differences of its Prometheus counters between two samples `seconds` apart. A
+    batch is one take_events batch of all partitions. Each partition with output commits one
+    transaction per batch.
+    """
+    records = metric_sum(end, "kdiag_worker_records_total") - metric_sum(start, "kdiag_worker_records_total")
+    transactions = metric_sum(end, "kdiag_worker_transactions_total") - metric_sum(start, "kdiag_worker_transactions_total")
+    batches = end.get("kdiag_worker_batch_seconds_count", 0.0) - start.get("kdiag_worker_batch_seconds_count", 0.0)
+    inside = end.get("kdiag_worker_batch_seconds_sum", 0.0) - start.get("kdiag_worker_batch_seconds_sum", 0.0)
+    return {
+        "records_per_batch": round(records / batches, 1) if batches else 0.0,
+        "records_per_transaction": round(records / transactions, 1) if transactions else 0.0,
+        "share_inside_batches": round(inside / seconds, 2) if seconds else 0.0,
+    }
 
 
 def run_quix(prefill_: Prefill, rules: list[Path], name: str) -> RunResult:

@@ -23,7 +23,7 @@ from kdiag.durations import FIRING_STATUS, AlertEvent, DurationTracker, Entry, O
 from kdiag.model import format_time_ms, topic_key
 from kdiag.partitioning import partition_for_key
 from kdiag.rules.kinds import CLUSTER_SCOPED_KINDS
-from kdiag.rules.references import extract_references
+from kdiag.rules.references import ExtractedReferences
 from kdiag.rules.schedule import next_check_ms
 from streams.references import DYNAMIC_TARGET_KINDS, ObjectKey, ReferencePlan, ReferenceStore, strip_for_storage
 from streams.related_objects import RelatedTable
@@ -245,6 +245,8 @@ class PartitionProcessor:
         are only scheduled: they run at their check times."""
         cluster = ref.cluster
         resolve = self._resolver(cluster)
+        # Shared by the rules and the reference tracking, so that each declaration is extracted once.
+        extracted = ExtractedReferences(obj)
         results = []
         reference_rules = []
         periodic_rules = []
@@ -254,7 +256,7 @@ class PartitionProcessor:
                 continue
             if rule.uses_references:
                 reference_rules.append(rule)
-                match = rule.evaluate(obj, resolve) if self._can_resolve(rule, cluster) else None
+                match = rule.evaluate(obj, resolve, extracted) if self._can_resolve(rule, cluster) else None
             else:
                 match = rule.evaluate(obj)
             start_ms = rule.active_since_ms(obj) if match is not None and rule.duration_from is not None else None
@@ -262,7 +264,7 @@ class PartitionProcessor:
         result.alerts.extend(self.tracker.observe(ref, time_ms, results))
         matched = any(match is not None for _, _, match, _ in results)
         if reference_rules:
-            self._remember_referrer(ref, obj, reference_rules)
+            self._remember_referrer(ref, obj, reference_rules, extracted)
         elif periodic_rules:
             self.references.put_referrer(cluster, ref.uid, strip_for_storage(obj))
         for rule in periodic_rules:
@@ -337,23 +339,25 @@ class PartitionProcessor:
 
     def _evaluate_references(self, ref: ObjectRef, obj: dict[str, Any], rules: list[Any], time_ms: int) -> list[AlertEvent]:
         resolve = self._resolver(ref.cluster)
+        extracted = ExtractedReferences(obj)
         results = []
         for rule in rules:
             if not rule.uses_references:
                 match = rule.evaluate(obj)
             else:
-                match = rule.evaluate(obj, resolve) if self._can_resolve(rule, ref.cluster) else None
+                match = rule.evaluate(obj, resolve, extracted) if self._can_resolve(rule, ref.cluster) else None
             start_ms = rule.active_since_ms(obj) if match is not None and rule.duration_from is not None else None
             results.append((rule.name, rule.duration_seconds, match, start_ms))
         return self.tracker.observe(ref, time_ms, results)
 
-    def _remember_referrer(self, ref: ObjectRef, obj: dict[str, Any], rules: list[Any]) -> None:
+    def _remember_referrer(self, ref: ObjectRef, obj: dict[str, Any], rules: list[Any], extracted: ExtractedReferences) -> None:
         """Store a referrer and what it refers to, so that a change of those objects re-evaluates it."""
         keys: set[ObjectKey] = set()
         for rule in rules:
-            for reference in extract_references(rule, obj):
-                namespace = "" if reference.kind in CLUSTER_SCOPED_KINDS else reference.namespace
-                keys.add((ref.cluster, reference.kind, namespace, reference.name))
+            for declaration in rule.references:
+                for reference in extracted.extract(declaration):
+                    namespace = "" if reference.kind in CLUSTER_SCOPED_KINDS else reference.namespace
+                    keys.add((ref.cluster, reference.kind, namespace, reference.name))
         self.references.set_references(ref.cluster, ref.uid, keys)
         self.references.put_referrer(ref.cluster, ref.uid, strip_for_storage(obj))
 

@@ -146,6 +146,8 @@ class ReferenceStore:
         self._lookup = lookup
         self._scan = scan
         self._staged: dict[bytes, bytes | None] = {}
+        # Staged index keys grouped by index_prefix, so that referrers_of reads only the ones it needs.
+        self._staged_links: dict[bytes, set[bytes]] = {}
         self._parsed: dict[bytes, Any] = {}
 
     def _current(self, state_key: bytes) -> bytes | None:
@@ -186,12 +188,15 @@ class ReferenceStore:
 
     def link(self, referenced: ObjectKey, cluster: str, uid: str, present: bool) -> None:
         """Add (present) or remove the index entry from a referenced object to a referrer."""
-        state_key = index_prefix(referenced) + f"{cluster}\x1f{uid}".encode()
+        prefix = index_prefix(referenced)
+        state_key = prefix + f"{cluster}\x1f{uid}".encode()
         if present:
             if self._current(state_key) is None:
                 self._staged[state_key] = b""
+                self._staged_links.setdefault(prefix, set()).add(state_key)
         elif self._current(state_key) is not None:
             self._staged[state_key] = None
+            self._staged_links.setdefault(prefix, set()).add(state_key)
 
     def stored_objects(self) -> Iterable[tuple[str, str, dict[str, Any]]]:
         """Yield (cluster, uid, object) of every committed referrer or periodically checked object."""
@@ -205,12 +210,11 @@ class ReferenceStore:
         """Return (cluster, uid) of every object that refers to `referenced`, committed or staged."""
         prefix = index_prefix(referenced)
         keys = set(self._scan(prefix))
-        for key, value in self._staged.items():
-            if key.startswith(prefix):
-                if value is None:
-                    keys.discard(key)
-                else:
-                    keys.add(key)
+        for key in self._staged_links.get(prefix, ()):
+            if self._staged[key] is None:
+                keys.discard(key)
+            else:
+                keys.add(key)
         referrers = []
         for key in sorted(keys):
             cluster, uid = key[len(prefix):].decode().split("\x1f", 1)
@@ -265,4 +269,5 @@ class ReferenceStore:
     def take_writes(self) -> list[tuple[bytes, bytes | None]]:
         writes = sorted(self._staged.items())
         self._staged.clear()
+        self._staged_links.clear()
         return writes

@@ -66,6 +66,7 @@ from kdiag.rules.parser import check_rules, parse_rules
 from kdiag.rules.quantities import parse_quantity
 from kdiag.rules.reference_parser import BUILTIN_REFERENCES
 from kdiag.rules.references import (
+    ExtractedReferences,
     ReferenceCondition,
     ReferenceDeclaration,
     ReferenceKey,
@@ -80,6 +81,7 @@ from kdiag.rules.timestamps import parse_rfc3339_ms
 __all__ = [
     "BUILTIN_REFERENCES",
     "DurationSource",
+    "ExtractedReferences",
     "FieldCondition",
     "Match",
     "ReferenceCondition",

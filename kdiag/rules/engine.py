@@ -2,14 +2,21 @@
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterable, Iterator, Mapping
+from collections.abc import Iterable, Iterator, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
 from kdiag.errors import RuleError
 from kdiag.rules.conditions import FieldCondition, compile_check, compile_filter
 from kdiag.rules.paths import Walker, compile_walker
-from kdiag.rules.references import ReferenceCondition, ReferenceDeclaration, Resolver, compile_reference_condition
+from kdiag.rules.references import (
+    ExtractedReferences,
+    ReferenceCheck,
+    ReferenceCondition,
+    ReferenceDeclaration,
+    Resolver,
+    compile_reference_condition,
+)
 from kdiag.rules.timestamps import parse_rfc3339_ms
 
 Condition = FieldCondition | ReferenceCondition
@@ -136,13 +143,17 @@ class Rule:
         """Whether a condition of the rule reads referenced objects, so that evaluate needs a resolver."""
         return self._reference_checks is not None
 
-    def evaluate(self, obj: Mapping[str, Any], resolve: Resolver | None = None) -> Match | None:
+    def evaluate(
+        self, obj: Mapping[str, Any], resolve: Resolver | None = None, extracted: ExtractedReferences | None = None
+    ) -> Match | None:
         """Return a Match when obj has the rule's kind and every filter and check holds, else None.
 
         Never raises on JSON values: a path that meets a missing key or a non-mapping counts as
         absent, and an obj that is not a mapping has no kind and never matches. A rule with
         reference conditions matches only when resolve is given, because those conditions read the
-        referenced objects that resolve(kind, namespace, name) returns.
+        referenced objects that resolve(kind, namespace, name) returns. Rules evaluated on the same
+        object can share one ExtractedReferences(obj) as extracted, so that each declaration is
+        extracted once. Raises ValueError when extracted belongs to another object.
         """
         if type(obj) is dict or isinstance(obj, Mapping):
             if obj.get("kind") != self.kind:
@@ -151,7 +162,7 @@ class Rule:
             return None
 
         if self._reference_checks is not None:
-            return self._evaluate_with_references(obj, resolve)
+            return self._evaluate_with_references(obj, resolve, extracted)
 
         for accepts in self._filters:
             if not accepts(obj):
@@ -165,15 +176,21 @@ class Rule:
             context[entry[0]] = entry[1]
         return Match(self, context)
 
-    def _evaluate_with_references(self, obj: Mapping[str, Any], resolve: Resolver | None) -> Match | None:
+    def _evaluate_with_references(
+        self, obj: Mapping[str, Any], resolve: Resolver | None, extracted: ExtractedReferences | None
+    ) -> Match | None:
         if resolve is None or self._reference_filters is None or self._reference_checks is None:
             return None
+        if extracted is None:
+            extracted = ExtractedReferences(obj)
+        elif extracted.obj is not obj:
+            raise ValueError(f"rule {self.name}: the extracted references belong to another object than the one evaluated")
         for check in self._reference_filters:
-            if check(obj, resolve) is None:
+            if check(obj, resolve, extracted) is None:
                 return None
         context: dict[str, str] = {}
         for check in self._reference_checks:
-            entry = check(obj, resolve)
+            entry = check(obj, resolve, extracted)
             if entry is None:
                 return None
             context[entry[0]] = entry[1]
@@ -193,15 +210,13 @@ class Rule:
         return f"Rule(name={self.name!r}, kind={self.kind!r}, source={self.source!r})"
 
 
-def _compile_with_resolver(
-    condition: Condition, declarations: Mapping[str, ReferenceDeclaration]
-) -> Callable[[Any, Resolver], "tuple[str, str] | None"]:
-    """Compile a field or reference condition into the (object, resolver) form of rules with references."""
+def _compile_with_resolver(condition: Condition, declarations: Mapping[str, ReferenceDeclaration]) -> ReferenceCheck:
+    """Compile a field or reference condition into the ReferenceCheck form of rules with references."""
     if isinstance(condition, ReferenceCondition):
         return compile_reference_condition(condition, declarations[condition.reference])
     check = compile_check(condition)
 
-    def field_check(obj: Any, resolve: Resolver) -> tuple[str, str] | None:
+    def field_check(obj: Any, resolve: Resolver, extracted: ExtractedReferences) -> tuple[str, str] | None:
         return check(obj)
 
     return field_check

@@ -21,7 +21,7 @@ from typing import TYPE_CHECKING, Any, NamedTuple
 from kdiag.rules.conditions import Check, FieldCondition, compile_check
 from kdiag.rules.kinds import CLUSTER_SCOPED_KINDS, KEY_FIELDS
 from kdiag.rules.paths import Trail, Walker, compile_walker
-from kdiag.rules.values import FAN_OUT
+from kdiag.rules.values import ABSENT, FAN_OUT, PathReader, make_path_reader
 
 if TYPE_CHECKING:
     from kdiag.rules.engine import Rule
@@ -106,21 +106,42 @@ class ReferenceDeclaration:
     kind_field: tuple[str, ...] | None = None
     resource: str | None = None
     builtin: str | None = None
-    _extractors: tuple[Callable[[Any], list[ReferenceKey]], ...] = field(default=(), init=False, repr=False, compare=False)
+    # Shared by every declaration with the same kind, kind_field and sources, so that
+    # ExtractedReferences extracts them once per object whatever the rules call them.
+    extractor: "Extractor" = field(init=False, repr=False, compare=False)
 
     def __post_init__(self) -> None:
-        extractors = tuple(_compile_source(self, source) for source in self.sources)
-        object.__setattr__(self, "_extractors", extractors)
+        object.__setattr__(self, "extractor", _shared_extractor(self.kind, self.kind_field, self.sources))
 
     def extract(self, obj: Any) -> list[ReferenceKey]:
         """Return the distinct references of obj, in the order of the sources and the object's lists."""
         if not isinstance(obj, Mapping):
             return []
-        seen: dict[ReferenceKey, None] = {}
-        for extractor in self._extractors:
-            for reference in extractor(obj):
-                seen.setdefault(reference, None)
-        return list(seen)
+        return self.extractor.extract(obj)
+
+
+class ExtractedReferences:
+    """The references of one object, extracted at most once per kind, kind_field and sources.
+
+    The worker makes one for each change and passes it to every rule of the object, and to the
+    reference tracking, so that rules that use the same declaration share one extraction. The lists
+    it returns are shared too, and callers must not change them.
+    """
+
+    __slots__ = ("obj", "_by_extractor")
+
+    def __init__(self, obj: Any) -> None:
+        self.obj = obj
+        self._by_extractor: dict[Extractor, list[ReferenceKey]] = {}
+
+    def extract(self, declaration: ReferenceDeclaration) -> list[ReferenceKey]:
+        """Return declaration.extract(self.obj), extracted at the first call for the declaration's sources."""
+        extractor = declaration.extractor
+        references = self._by_extractor.get(extractor)
+        if references is None:
+            references = declaration.extract(self.obj)
+            self._by_extractor[extractor] = references
+        return references
 
 
 @dataclass(frozen=True)
@@ -156,15 +177,20 @@ def extract_references(rule_or_declaration: "Rule | ReferenceDeclaration", obj: 
     return list(seen)
 
 
-def compile_reference_condition(
-    condition: ReferenceCondition, declaration: ReferenceDeclaration
-) -> Callable[[Any, Resolver], "tuple[str, str] | None"]:
-    """Compile a reference condition into a check of (object, resolver) that returns a context entry or None."""
+# A compiled reference condition: (object, resolver, the object's ExtractedReferences) to a context entry or None.
+ReferenceCheck = Callable[[Any, Resolver, ExtractedReferences], "tuple[str, str] | None"]
+
+
+def compile_reference_condition(condition: ReferenceCondition, declaration: ReferenceDeclaration) -> ReferenceCheck:
+    """Compile a reference condition into a check that returns a context entry or None.
+
+    The check reads the references from the ExtractedReferences of the object it is given.
+    """
     display = condition.display_path
     if condition.operator == "missing":
 
-        def missing_check(obj: Any, resolve: Resolver) -> tuple[str, str] | None:
-            for reference in declaration.extract(obj):
+        def missing_check(obj: Any, resolve: Resolver, extracted: ExtractedReferences) -> tuple[str, str] | None:
+            for reference in extracted.extract(declaration):
                 if resolve(reference.kind, reference.namespace, reference.name) is None:
                     return display, ReferenceKey(*reference[:3]).describe()
             return None
@@ -173,8 +199,8 @@ def compile_reference_condition(
 
     if condition.operator == "keyMissing":
 
-        def key_missing_check(obj: Any, resolve: Resolver) -> tuple[str, str] | None:
-            for reference in declaration.extract(obj):
+        def key_missing_check(obj: Any, resolve: Resolver, extracted: ExtractedReferences) -> tuple[str, str] | None:
+            for reference in extracted.extract(declaration):
                 if reference.key is None:
                     continue
                 target = resolve(reference.kind, reference.namespace, reference.name)
@@ -187,8 +213,8 @@ def compile_reference_condition(
     assert condition.field_condition is not None
     check: Check = compile_check(condition.field_condition)
 
-    def field_check(obj: Any, resolve: Resolver) -> tuple[str, str] | None:
-        for reference in declaration.extract(obj):
+    def field_check(obj: Any, resolve: Resolver, extracted: ExtractedReferences) -> tuple[str, str] | None:
+        for reference in extracted.extract(declaration):
             target = resolve(reference.kind, reference.namespace, reference.name)
             if target is None:
                 continue
@@ -205,8 +231,12 @@ def _fan_out_count(keys: tuple[str, ...] | None) -> int:
     return 0 if keys is None else sum(1 for key in keys if key == FAN_OUT)
 
 
-def _compile_source(declaration: ReferenceDeclaration, source: ReferenceSource) -> Callable[[Any], list[ReferenceKey]]:
-    """Compile one source into a function from an object to its ReferenceKeys."""
+def _compile_source(kind: str | None, kind_field: tuple[str, ...] | None, source: ReferenceSource) -> Callable[[Any], list[ReferenceKey]]:
+    """Compile one source into a function from an object to its ReferenceKeys, by walking each path separately.
+
+    Extractor uses it for sources whose paths it cannot pair by element, and the tests compare
+    Extractor's results with it.
+    """
     name_walker = compile_walker(source.field)
     name_fan_outs = _fan_out_count(source.field)
 
@@ -218,8 +248,8 @@ def _compile_source(declaration: ReferenceDeclaration, source: ReferenceSource) 
     key_path = paired(source.key)
     optional_path = paired(source.optional)
     namespace_path = paired(source.namespace) if isinstance(source.namespace, tuple) else None
-    kind_path = paired(declaration.kind_field)
-    static_kind = declaration.kind
+    kind_path = paired(kind_field)
+    static_kind = kind
     cluster_scoped = source.namespace == NAMESPACE_CLUSTER
 
     def extract(obj: Any) -> list[ReferenceKey]:
@@ -283,6 +313,238 @@ def _own_namespace(obj: Mapping[str, Any]) -> str:
         if type(namespace) is str and namespace:
             return namespace
     return DEFAULT_NAMESPACE
+
+
+# Compiled extraction
+
+
+class Extractor:
+    """The reference extraction of one kind, kind_field and sources, which equal declarations share.
+
+    One generated function walks the name paths of all sources together, so that a list that
+    several sources read (spec.volumes, spec.containers) is visited once. It collects each name with
+    the list elements that the walk passed through. The key, optional, namespace and kindField
+    values of a name are then read from those elements, which gives the same pairs as grouping by
+    trail in _compile_source. Sources whose paths do not share their list elements with the name's
+    path as that requires fall back to _compile_source.
+    """
+
+    __slots__ = ("_walk", "_sources", "_generic")
+
+    def __init__(self, kind: str | None, kind_field: tuple[str, ...] | None, sources: tuple[ReferenceSource, ...]) -> None:
+        plans = [_SourcePlan.build(kind, kind_field, source) for source in sources]
+        walk = _generate_name_walk([source.field for source in sources]) if all(plans) else None
+        if walk is None:
+            self._walk = None
+            self._sources: tuple[_SourcePlan, ...] = ()
+            self._generic = tuple(_compile_source(kind, kind_field, source) for source in sources)
+        else:
+            self._walk = walk
+            self._sources = tuple(plan for plan in plans if plan is not None)
+            self._generic = ()
+
+    def extract(self, obj: Mapping[str, Any]) -> list[ReferenceKey]:
+        """Return the distinct references of obj, in the order of the sources and the object's lists."""
+        seen: dict[ReferenceKey, None] = {}
+        if self._walk is None:
+            for extractor in self._generic:
+                for reference in extractor(obj):
+                    seen.setdefault(reference, None)
+            return list(seen)
+        found = self._walk(obj)
+        if not any(found):
+            return []
+        own_namespace = _own_namespace(obj)
+        for plan, names in zip(self._sources, found):
+            for name, elements in names:
+                plan.add_references(obj, name, elements, own_namespace, seen)
+        return list(seen)
+
+
+_EXTRACTORS: dict[tuple[Any, ...], Extractor] = {}
+
+
+def _shared_extractor(kind: str | None, kind_field: tuple[str, ...] | None, sources: tuple[ReferenceSource, ...]) -> Extractor:
+    """Return the Extractor of these sources, compiled once per process for equal declarations."""
+    identity = (kind, kind_field, sources)
+    extractor = _EXTRACTORS.get(identity)
+    if extractor is None:
+        extractor = _EXTRACTORS[identity] = Extractor(kind, kind_field, sources)
+    return extractor
+
+
+class _PairedPath:
+    """A key, optional, namespace or kindField path, read from the list element it shares with the name's path.
+
+    fan_outs is the number of "[*]" steps it shares with the name's path. The rest of the path is
+    read from the element of the last shared step, or from the object when there is none: by reader
+    when the rest has no "[*]", else by walker.
+    """
+
+    __slots__ = ("fan_outs", "reader", "walker")
+
+    def __init__(self, fan_outs: int, rest: tuple[str, ...]) -> None:
+        self.fan_outs = fan_outs
+        self.reader: PathReader | None = None
+        self.walker: Walker | None = None
+        if FAN_OUT in rest:
+            self.walker = compile_walker(rest)
+        else:
+            self.reader = make_path_reader(rest)
+
+    @classmethod
+    def build(cls, name_path: tuple[str, ...], path: tuple[str, ...]) -> "_PairedPath | None":
+        """Return the paired path, or None when path does not reach the name's elements through the same keys."""
+        fan_outs = min(_fan_out_count(name_path), _fan_out_count(path))
+        if fan_outs == 0:
+            return cls(0, path)
+        end = [index for index, key in enumerate(path) if key == FAN_OUT][fan_outs - 1] + 1
+        if path[:end] != name_path[:end]:
+            return None
+        return cls(fan_outs, path[end:])
+
+    def values(self, obj: Any, elements: tuple[Any, ...]) -> list[Any]:
+        start = elements[self.fan_outs - 1] if self.fan_outs else obj
+        if self.reader is not None:
+            return [self.reader(start)]
+        assert self.walker is not None
+        return [value for _, value in self.walker(start)]
+
+
+class _SourcePlan:
+    """The per-source part of an Extractor: the static kind, the scope and the paired paths of the name."""
+
+    __slots__ = ("static_kind", "cluster_scoped", "key", "optional", "namespace", "kind")
+
+    def __init__(self) -> None:
+        self.static_kind: str | None = None
+        self.cluster_scoped = False
+        self.key: _PairedPath | None = None
+        self.optional: _PairedPath | None = None
+        self.namespace: _PairedPath | None = None
+        self.kind: _PairedPath | None = None
+
+    @classmethod
+    def build(cls, kind: str | None, kind_field: tuple[str, ...] | None, source: ReferenceSource) -> "_SourcePlan | None":
+        """Return the plan, or None when a paired path cannot be read from the name's elements."""
+        plan = cls()
+        plan.static_kind = kind
+        plan.cluster_scoped = source.namespace == NAMESPACE_CLUSTER
+        namespace_path = source.namespace if isinstance(source.namespace, tuple) else None
+        for attribute, path in (("key", source.key), ("optional", source.optional), ("namespace", namespace_path), ("kind", kind_field)):
+            if path is None:
+                continue
+            paired = _PairedPath.build(source.field, path)
+            if paired is None:
+                return None
+            setattr(plan, attribute, paired)
+        return plan
+
+    def add_references(self, obj: Any, name: str, elements: tuple[Any, ...], own_namespace: str, seen: dict[ReferenceKey, None]) -> None:
+        """Add the references of one name to seen, as _compile_source's extract does.
+
+        Plain loops in place of any() and next() over generators, because this runs for every name.
+        """
+        if self.optional is not None:
+            for value in self.optional.values(obj, elements):
+                if value is True:
+                    return
+        kind = self.static_kind
+        if self.kind is not None:
+            kind = None
+            for value in self.kind.values(obj, elements):
+                if type(value) is str and value:
+                    kind = value
+                    break
+        if not kind:
+            return
+        if self.cluster_scoped or kind in CLUSTER_SCOPED_KINDS:
+            namespace = ""
+        else:
+            namespace = own_namespace
+            if self.namespace is not None:
+                for value in self.namespace.values(obj, elements):
+                    if type(value) is str and value:
+                        namespace = value
+                        break
+        with_key = False
+        if self.key is not None:
+            for key in self.key.values(obj, elements):
+                if type(key) is str and key:
+                    seen.setdefault(ReferenceKey(kind, namespace, name, key), None)
+                    with_key = True
+        if not with_key:
+            seen.setdefault(ReferenceKey(kind, namespace, name), None)
+
+
+class _PathNode:
+    """A node of the trie of the sources' name paths: the next map keys, a "[*]" step, and the sources that end here."""
+
+    __slots__ = ("keys", "fan_out", "ends")
+
+    def __init__(self) -> None:
+        self.keys: dict[str, _PathNode] = {}
+        self.fan_out: _PathNode | None = None
+        self.ends: list[int] = []
+
+
+def _generate_name_walk(paths: list[tuple[str, ...]]) -> Callable[[Any], list[list[tuple[str, tuple[Any, ...]]]]] | None:
+    """Generate a function that walks all name paths at once and returns, per path, its names.
+
+    Each name comes with the list elements that its "[*]" steps reached, outermost first. Only
+    non-empty strings count as names. A missing key or a value that is not a mapping ends that
+    branch, as make_path_reader's ABSENT does, and "[*]" visits lists and tuples only, as
+    compile_walker does. Returns None when Python cannot compile the generated code, for example
+    for paths nested more deeply than its block limit.
+    """
+    root = _PathNode()
+    for index, path in enumerate(paths):
+        node = root
+        for key in path:
+            if key == FAN_OUT:
+                if node.fan_out is None:
+                    node.fan_out = _PathNode()
+                node = node.fan_out
+            else:
+                node = node.keys.setdefault(key, _PathNode())
+        node.ends.append(index)
+
+    lines = [f"def walk(v0):", f"    found = [{', '.join('[]' for _ in paths)}]"]
+    counter = [0]
+
+    def emit(node: _PathNode, variable: str, elements: list[str], depth: int) -> None:
+        indent = "    " * depth
+        for index in node.ends:
+            lines.append(f"{indent}if type({variable}) is str and {variable}:")
+            lines.append(f"{indent}    found[{index}].append(({variable}, ({''.join(element + ', ' for element in elements)})))")
+        for key, child in node.keys.items():
+            counter[0] += 1
+            value = f"v{counter[0]}"
+            lines.append(f"{indent}{value} = {variable}.get({key!r}, ABSENT) if type({variable}) is dict else read_key({variable}, {key!r})")
+            lines.append(f"{indent}if {value} is not ABSENT:")
+            emit(child, value, elements, depth + 1)
+        if node.fan_out is not None:
+            counter[0] += 1
+            element = f"v{counter[0]}"
+            lines.append(f"{indent}if type({variable}) is list or isinstance({variable}, tuple):")
+            lines.append(f"{indent}    for {element} in {variable}:")
+            emit(node.fan_out, element, [*elements, element], depth + 2)
+
+    emit(root, "v0", [], 1)
+    lines.append("    return found")
+    namespace: dict[str, Any] = {"ABSENT": ABSENT, "read_key": _read_key}
+    try:
+        exec(compile("\n".join(lines), "<reference name walk>", "exec"), namespace)
+    except SyntaxError:
+        return None
+    return namespace["walk"]
+
+
+def _read_key(value: Any, key: str) -> Any:
+    """Read one key of a value that is not a dict, as make_path_reader does: ABSENT unless it is a Mapping."""
+    if value is not ABSENT and isinstance(value, Mapping):
+        return value.get(key, ABSENT)
+    return ABSENT
 
 
 def shared_prefix_problem(field_path: tuple[str, ...], other: tuple[str, ...], other_name: str, may_fan_out_deeper: bool) -> str | None:

@@ -1,5 +1,6 @@
 """Reference rules in the partition processor: explicit records, a dict in place of RocksDB."""
 
+import random
 from pathlib import Path
 
 import orjson
@@ -7,8 +8,9 @@ import orjson
 from kdiag.codec import codec
 from kdiag.rules import RuleSet, load_rules, parse_rules
 from streams.processor import BatchResult, PartitionProcessor
+from kdiag.rules.references import Extractor
 from kdiag.rules.schedule import next_check_ms
-from streams.references import OBJECT_PREFIX
+from streams.references import INDEX_PREFIX, OBJECT_PREFIX, ReferenceStore, index_prefix
 
 RULES = load_rules([Path(__file__).resolve().parents[2] / "rules" / "references.yaml"])
 CHANGE_BATCH = codec("ChangeBatch")
@@ -322,3 +324,64 @@ def test_owner_partition_publishes_cluster_objects():
     writes = harness.processor.cluster_object_writes
     assert [key for key, _ in writes] == [("c1", "StorageClass", "", "fast")]
     assert writes[0][1]["metadata"]["name"] == "fast"
+
+
+def test_pod_change_extracts_each_declaration_once(monkeypatch):
+    """The five Pod rules of references.yaml use three declarations, so a Pod change extracts three times."""
+    calls = []
+    original = Extractor.extract
+
+    def counting_extract(self, obj):
+        calls.append(self)
+        return original(self, obj)
+
+    monkeypatch.setattr(Extractor, "extract", counting_extract)
+    harness = Harness()
+    harness.feed(record(pod_reading(config_map="site", secret="db"), T0))
+    assert len(calls) == 3
+    assert len(set(calls)) == 3
+    assert harness.processor.references.references_of("c1", "pod-1") == {
+        ("c1", "ConfigMap", "team-a", "site"),
+        ("c1", "Secret", "team-a", "db"),
+    }
+
+
+def scanned_referrers(store: ReferenceStore, committed: dict[bytes, bytes], referenced: tuple) -> list[tuple[str, str]]:
+    """Return what referrers_of returned before the staged index, from a scan over every staged write."""
+    prefix = index_prefix(referenced)
+    keys = {key for key in committed if key.startswith(prefix)}
+    for key, value in store._staged.items():
+        if key.startswith(prefix):
+            if value is None:
+                keys.discard(key)
+            else:
+                keys.add(key)
+    return [tuple(key[len(prefix):].decode().split("\x1f", 1)) for key in sorted(keys)]
+
+
+def test_staged_index_matches_scan():
+    rng = random.Random(7)
+    committed: dict[bytes, bytes] = {}
+    store = ReferenceStore(committed.get, lambda prefix: sorted(key for key in committed if key.startswith(prefix)))
+    targets = [("c1", "Secret", "team-a", name) for name in ("db", "db-2", "d", "tls")]
+    targets.append(("c2", "Node", "", "node-1"))
+    compared = 0
+    for batch in range(30):
+        for _ in range(rng.randint(0, 40)):
+            uid = f"pod-{rng.randint(0, 12)}"
+            cluster = rng.choice(["c1", "c2"])
+            store.set_references(cluster, uid, set(rng.sample(targets, rng.randint(0, 3))))
+            if rng.random() < 0.1:
+                store.delete_referrer(cluster, uid)
+            for target in targets:
+                assert store.referrers_of(target) == scanned_referrers(store, committed, target)
+                compared += 1
+        for key, value in store.take_writes():
+            if value is None:
+                committed.pop(key, None)
+            else:
+                committed[key] = value
+        for target in targets:
+            assert store.referrers_of(target) == scanned_referrers(store, committed, target)
+    assert compared > 1000
+    assert any(key.startswith(INDEX_PREFIX) for key in committed)

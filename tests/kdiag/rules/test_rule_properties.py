@@ -5,6 +5,7 @@ from __future__ import annotations
 import copy
 import json
 import tempfile
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -12,7 +13,18 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from kdiag.errors import KdiagError, RuleError
-from kdiag.rules import Match, ReferenceKey, Rule, extract_references, load_rules, parse_rules
+from kdiag.rules import (
+    BUILTIN_REFERENCES,
+    Match,
+    ReferenceDeclaration,
+    ReferenceKey,
+    ReferenceSource,
+    Rule,
+    extract_references,
+    load_rules,
+    parse_rules,
+)
+from kdiag.rules.references import _compile_source
 
 REPO_ROOT = Path(__file__).resolve().parents[3]
 
@@ -563,3 +575,92 @@ def test_valid_documents_round_trip_through_files(document: dict[str, Any]) -> N
         path = Path(folder) / "rules.json"
         path.write_text(json.dumps(document), encoding="utf-8")
         assert load_rules(path).names == tuple(document)
+
+
+# Compiled reference extraction against the per-source walk
+
+REFERENCE_SCALARS = st.sampled_from(["a", "b", "", "kube-system"]) | st.booleans() | st.none() | st.integers(0, 2)
+
+
+def rarely_scalar(shaped: st.SearchStrategy[Any]) -> st.SearchStrategy[Any]:
+    """Generate from shaped, or a scalar in about one case of eight, so that most values reach deep."""
+    return st.integers(0, 7).flatmap(lambda draw: REFERENCE_SCALARS if draw == 0 else shaped)
+
+
+def shaped_like(paths: list[tuple[str, ...]]) -> st.SearchStrategy[Any]:
+    """Generate values along the given paths: each map key and list element is there or not, and any step may be a scalar."""
+    if any(not path for path in paths):
+        return REFERENCE_SCALARS | st.lists(REFERENCE_SCALARS, max_size=2)
+    if all(path[0] == "[*]" for path in paths):
+        element = shaped_like([path[1:] for path in paths])
+        return rarely_scalar(st.lists(element, max_size=3) | st.lists(element, max_size=2).map(tuple))
+    children: dict[str, list[tuple[str, ...]]] = {}
+    for path in paths:
+        children.setdefault(path[0], []).append(path[1:])
+    optional = {key: shaped_like(rest) for key, rest in children.items()}
+    return rarely_scalar(st.fixed_dictionaries({}, optional=optional))
+
+
+# The paths of the Pod declarations below spec and metadata, so that random Pods contain references.
+POD_REFERENCE_PATHS = [
+    path[1:]
+    for declaration in BUILTIN_REFERENCES.values()
+    if declaration.resource == "Pod"
+    for source in declaration.sources
+    for path in (source.field, source.key, source.optional)
+    if path is not None and path[0] == "spec"
+]
+POD_SPECS = shaped_like(POD_REFERENCE_PATHS)
+POD_METADATA = st.fixed_dictionaries({}, optional={"namespace": REFERENCE_SCALARS}) | REFERENCE_SCALARS
+
+
+def per_source_extract(declaration: ReferenceDeclaration, obj: Any) -> list[ReferenceKey]:
+    """Extract with _compile_source, the walk per path that Extractor's one walk must agree with."""
+    seen: dict[ReferenceKey, None] = {}
+    for source in declaration.sources:
+        for reference in _compile_source(declaration.kind, declaration.kind_field, source)(obj):
+            seen.setdefault(reference, None)
+    return list(seen)
+
+
+@settings(max_examples=500, suppress_health_check=[HealthCheck.too_slow])
+@given(POD_SPECS, POD_METADATA)
+def test_compiled_extraction_matches_per_source(spec: Any, metadata: Any) -> None:
+    obj = {"kind": "Pod", "metadata": metadata, "spec": spec}
+    for declaration in BUILTIN_REFERENCES.values():
+        assert declaration.extract(obj) == per_source_extract(declaration, obj), declaration.name
+
+
+def test_compiled_extraction_matches_on_corpus(corpus_case: Callable[[str], list[dict[str, Any]]], history: dict[str, list[dict[str, Any]]]) -> None:
+    objects = [obj for path in sorted((REPO_ROOT / "samples" / "corpus").glob("*.yaml")) for obj in corpus_case(path.name)]
+    objects += [obj for states in history.values() for obj in states]
+    extracted = 0
+    for obj in objects:
+        for declaration in BUILTIN_REFERENCES.values():
+            references = declaration.extract(obj)
+            assert references == per_source_extract(declaration, obj), declaration.name
+            extracted += len(references)
+    assert extracted > 0
+
+
+def test_unpaired_source_uses_per_source_walk() -> None:
+    # key reads another list than field, so its values cannot be read from the name's elements.
+    source = ReferenceSource(field=("spec", "left", "[*]", "name"), key=("spec", "right", "[*]", "key"))
+    declaration = ReferenceDeclaration(name="odd", kind="Secret", sources=(source,))
+    obj = {"kind": "Pod", "metadata": {"namespace": "x"}, "spec": {"left": [{"name": "s1"}, {"name": "s2"}], "right": [{"key": "k1"}]}}
+    assert declaration.extractor._walk is None
+    assert declaration.extract(obj) == [ReferenceKey("Secret", "x", "s1", "k1"), ReferenceKey("Secret", "x", "s2")]
+    assert declaration.extract(obj) == per_source_extract(declaration, obj)
+
+
+def test_deeply_nested_source_uses_per_source_walk() -> None:
+    # More nested loops than Python compiles in one function.
+    field = ("spec", *(["[*]"] * 30), "name")
+    declaration = ReferenceDeclaration(name="deep", kind="Secret", sources=(ReferenceSource(field=field),))
+    value: Any = {"name": "deep-secret"}
+    for _ in range(30):
+        value = [value]
+    obj = {"kind": "Pod", "metadata": {"namespace": "x"}, "spec": value}
+    assert declaration.extractor._walk is None
+    assert declaration.extract(obj) == [ReferenceKey("Secret", "x", "deep-secret")]
+    assert declaration.extract(obj) == per_source_extract(declaration, obj)

@@ -10,6 +10,7 @@ import pytest
 from kdiag.errors import RuleError
 from kdiag.rules import (
     BUILTIN_REFERENCES,
+    ExtractedReferences,
     ReferenceKey,
     ReferenceState,
     Rule,
@@ -308,3 +309,47 @@ def test_reference_rule_without_references_quiet() -> None:
     rule = rule_with([{"name": "secrets", "builtin": "PodSecrets"}], checks=[{"referenceMissing": "secrets"}])
     bare = {"kind": "Pod", "metadata": {"name": "bare"}}
     assert rule.evaluate(bare, lambda kind, namespace, name: None) is None
+
+
+# Extraction shared between rules
+
+
+def test_extracted_references_shared_across_names() -> None:
+    first = rule_with([{"name": "secrets", "builtin": "PodSecrets"}], checks=[{"referenceMissing": "secrets"}])
+    second = rule_with([{"name": "credentials", "builtin": "PodSecrets"}], checks=[{"referenceMissing": "credentials"}])
+    extracted = ExtractedReferences(POD)
+    references = extracted.extract(first.references[0])
+    assert references == extract_references(BUILTIN_REFERENCES["PodSecrets"], POD)
+    assert extracted.extract(second.references[0]) is references
+
+
+def test_extracted_references_keep_declarations_apart() -> None:
+    extracted = ExtractedReferences(POD)
+    secrets = extracted.extract(BUILTIN_REFERENCES["PodSecrets"])
+    config_maps = extracted.extract(BUILTIN_REFERENCES["PodConfigMaps"])
+    assert secrets == extract_references(BUILTIN_REFERENCES["PodSecrets"], POD)
+    assert config_maps == extract_references(BUILTIN_REFERENCES["PodConfigMaps"], POD)
+
+
+def test_evaluate_with_shared_extraction_matches_alone() -> None:
+    rules = [
+        rule_with([{"name": "secrets", "builtin": "PodSecrets"}], checks=[{"referenceMissing": "secrets"}]),
+        rule_with([{"name": "secrets", "builtin": "PodSecrets"}], checks=[{"referenceKeyMissing": "secrets"}]),
+        rule_with([{"name": "maps", "builtin": "PodConfigMaps"}], checks=[{"referenceMissing": "maps"}]),
+    ]
+    present = {("Secret", "shop", "db"), ("ConfigMap", "shop", "settings")}
+
+    def resolve(kind: str, namespace: str, name: str) -> dict[str, Any] | None:
+        return {"kind": kind, "data": {}} if (kind, namespace, name) in present else None
+
+    extracted = ExtractedReferences(POD)
+    shared = [rule.evaluate(POD, resolve, extracted) for rule in rules]
+    alone = [rule.evaluate(POD, resolve) for rule in rules]
+    assert shared == alone
+    assert all(match is not None for match in shared)
+
+
+def test_evaluate_rejects_extraction_of_other_object() -> None:
+    rule = rule_with([{"name": "secrets", "builtin": "PodSecrets"}], checks=[{"referenceMissing": "secrets"}])
+    with pytest.raises(ValueError, match="another object"):
+        rule.evaluate(POD, lambda kind, namespace, name: None, ExtractedReferences(dict(POD)))
