@@ -68,6 +68,9 @@ def run(args: argparse.Namespace, settings: Settings) -> int:
             if value is not None
         }
     )
+    # Bind the metrics port first: a caller that picked a free port keeps it for the shortest time.
+    if settings.metrics_port:
+        start_http_server(settings.metrics_port, addr="127.0.0.1")
     ensure_topics(settings)
     feed: RuleFeed | None = None
     if args.rules:
@@ -95,8 +98,6 @@ def run(args: argparse.Namespace, settings: Settings) -> int:
             publish_config(settings, read_config_file(settings.center_config_file), str(settings.center_config_file))
             log.info("center config topic filled from a file", extra={"topic": settings.center_config_topic, "path": str(settings.center_config_file)})
             _wait_until(lambda: book.applied > 0, f"the alert center config did not arrive on {settings.center_config_topic}")
-    if settings.metrics_port:
-        start_http_server(settings.metrics_port, addr="127.0.0.1")
     log.info(
         "worker starting",
         extra={
