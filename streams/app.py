@@ -16,6 +16,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import os
+import threading
 from typing import Any, Callable
 
 import faust
@@ -48,6 +49,11 @@ def stop_after_fatal_error(error: Exception) -> None:
     os._exit(EXIT_FATAL)
 
 
+def locked(lock: threading.Lock, function: Callable[..., Any], *args: Any) -> Any:
+    with lock:
+        return function(*args)
+
+
 def create_app(
     settings: Settings,
     rules: Callable[[], RuleSet],
@@ -77,6 +83,10 @@ def create_app(
         stream_wait_empty=False,
     )
     runtime = WorkerRuntime(settings, rules, cluster_objects)
+    # Batches run in a worker thread, so that Faust keeps fetching meanwhile. A stage's lock keeps the
+    # event loop from assigning or releasing its partitions in the middle of a batch.
+    rule_lock = threading.Lock()
+    center_lock = threading.Lock()
     changes = app.topic(settings.changes_topic, key_type=bytes, value_type=bytes, internal=False)
 
     @app.agent(changes, name="evaluate-rules")
@@ -88,7 +98,7 @@ def create_app(
                 InputRecord(event.message.partition, event.message.offset, event.value) for event in events
             ]
             try:
-                runtime.process(records)
+                await asyncio.to_thread(locked, rule_lock, runtime.process, records)
             except Exception as error:
                 stop_after_fatal_error(error)
 
@@ -126,7 +136,7 @@ def create_app(
                 for event in events
             ]
             try:
-                center_runtime.process(records)
+                await asyncio.to_thread(locked, center_lock, center_runtime.process, records)
             except Exception as error:
                 stop_after_fatal_error(error)
             # The input topics are written in transactions, so their offsets have gaps (commit and abort
@@ -140,20 +150,26 @@ def create_app(
 
     @app.on_partitions_assigned.connect
     async def on_assigned(sender: Any, assigned: set[Any], **kwargs: Any) -> None:
-        runtime.assign(tp.partition for tp in assigned if tp.topic == settings.changes_topic)
+        with rule_lock:
+            runtime.assign(tp.partition for tp in assigned if tp.topic == settings.changes_topic)
         root_cause.assign({tp.partition for tp in assigned if tp.topic == settings.diagnoses_topic})
-        center_runtime.assign({tp.partition for tp in assigned if tp.topic in (settings.events_topic, settings.actions_topic)})
+        with center_lock:
+            center_runtime.assign({tp.partition for tp in assigned if tp.topic in (settings.events_topic, settings.actions_topic)})
 
     @app.on_partitions_revoked.connect
     async def on_revoked(sender: Any, revoked: set[Any], **kwargs: Any) -> None:
-        runtime.release(tp.partition for tp in revoked if tp.topic == settings.changes_topic)
+        with rule_lock:
+            runtime.release(tp.partition for tp in revoked if tp.topic == settings.changes_topic)
         root_cause.release({tp.partition for tp in revoked if tp.topic == settings.diagnoses_topic})
-        center_runtime.release({tp.partition for tp in revoked if tp.topic in (settings.events_topic, settings.actions_topic)})
+        with center_lock:
+            center_runtime.release({tp.partition for tp in revoked if tp.topic in (settings.events_topic, settings.actions_topic)})
 
     @app.on_before_shutdown.connect
     async def on_shutdown(sender: Any, **kwargs: Any) -> None:
-        runtime.close()
+        with rule_lock:
+            runtime.close()
         root_cause.close()
-        center_runtime.close()
+        with center_lock:
+            center_runtime.close()
 
     return app, runtime
