@@ -22,7 +22,7 @@ from kdiag.settings import Settings
 from streams import metrics
 from streams.cluster_objects import ClusterObjects, encode_key
 from streams.processor import BatchResult, PartitionProcessor
-from streams.state import PartitionStore, restore
+from streams.state import EntryStore, StoredEntries, restore
 from streams.transactions import PartitionTransactions, TransactionAborted
 
 log = logging.getLogger(__name__)
@@ -51,7 +51,7 @@ class PartitionRuntime:
         self.pending_cluster_objects: set[tuple[str, str, str, str]] = set()
         self.transactions = PartitionTransactions(settings, partition)
         self.transactions.initialize()
-        self.store = PartitionStore(settings.state_dir / settings.app_id, partition)
+        self.store = EntryStore(settings.state_dir / settings.app_id, partition)
         started = time.monotonic()
         applied = restore(self.store, settings.bootstrap_servers, settings.changelog_topic)
         metrics.RESTORED.inc(applied)
@@ -64,23 +64,24 @@ class PartitionRuntime:
                 "restored_records": applied,
                 "restore_seconds": round(time.monotonic() - started, 3),
                 "next_offset": self.processor.next_offset,
-                "entries": len(self.processor.tracker.entries),
+                "entries": sum(self.processor.tracker.counts()),
             },
         )
 
     def _load_processor(self) -> PartitionProcessor:
-        entries, clocks, next_offset = self.store.load()
+        clocks, next_offset = self.store.load_positions()
         return PartitionProcessor(
             self.settings.changes_topic,
             self.partition,
             self.rule_set,
-            entries,
+            [],
             clocks,
             next_offset,
             partitions=self.settings.partitions,
             lookup=self.store.get,
             scan=self.store.scan_keys,
             cluster_objects=self.cluster_objects.get if self.cluster_objects is not None else None,
+            entry_storage=StoredEntries(self.store),
         )
 
     def process(self, records: Sequence[InputRecord], rule_set: RuleSet) -> BatchResult:
