@@ -7,6 +7,7 @@ in that partition's Kafka transaction before the agent acknowledges the events.
 
 from __future__ import annotations
 
+import ctypes
 import logging
 import time
 from dataclasses import dataclass
@@ -28,6 +29,33 @@ from streams.transactions import PartitionTransactions, TransactionAborted
 log = logging.getLogger(__name__)
 
 MAX_TRANSACTION_ATTEMPTS = 3
+# Seconds between returns of freed heap memory to the operating system (see release_free_memory).
+TRIM_INTERVAL_SECONDS = 1.0
+
+
+def _find_malloc_trim() -> Callable[[int], int] | None:
+    """Return glibc's malloc_trim, or None where the C library has none (musl, macOS)."""
+    try:
+        return ctypes.CDLL(None).malloc_trim
+    except (OSError, AttributeError):
+        return None
+
+
+_malloc_trim = _find_malloc_trim()
+
+
+def release_free_memory() -> bool:
+    """Return the C heap's free pages to the operating system. Returns False without glibc.
+
+    A batch allocates and frees tens of MiB (records, decoded changes, state writes). glibc keeps
+    freed memory below the top of its heaps and in its per-thread arenas, so without a trim the RSS
+    stays at the largest batch's high-water mark. A trim takes up to about 15 ms when it frees
+    hundreds of MiB, and well under 1 ms otherwise.
+    """
+    if _malloc_trim is None:
+        return False
+    _malloc_trim(0)
+    return True
 
 
 @dataclass(frozen=True, slots=True)
@@ -146,6 +174,9 @@ class WorkerRuntime:
         self.cluster_objects = cluster_objects
         self.assigned: set[int] = set()
         self.partitions: dict[int, PartitionRuntime] = {}
+        self._trimmed_at = time.monotonic()
+        if _malloc_trim is None:
+            log.info("malloc_trim is not available, so freed memory stays with the C allocator")
 
     def assign(self, partitions: Iterable[int]) -> None:
         """Take over the assigned partitions at once: initialising each partition's transactional
@@ -201,6 +232,9 @@ class WorkerRuntime:
                 raise
             self._count(partition, result)
         metrics.BATCH_SECONDS.observe(time.perf_counter() - started)
+        if time.monotonic() - self._trimmed_at >= TRIM_INTERVAL_SECONDS:
+            release_free_memory()
+            self._trimmed_at = time.monotonic()
 
     def _count(self, partition: int, result: BatchResult) -> None:
         metrics.RECORDS.labels(str(partition)).inc(result.records)
