@@ -23,10 +23,10 @@ def test_trim_returns_freed_heap():
     # Sizes below glibc's mmap threshold land in the heap. Every 50th block stays allocated, so the
     # freed memory lies between live blocks and only a trim can return it.
     blocks = [bytes(rng.randrange(600, 120_000)) for _ in range(3_000)]
-    kept = blocks[::50]
+    live_blocks = blocks[::50]
     del blocks
     before = rss_kib()
     assert release_free_memory()
     after = rss_kib()
-    assert len(kept) == 60
+    assert len(live_blocks) == 60
     assert before - after > 50 * 1024, f"RSS went from {before} KiB to {after} KiB"
