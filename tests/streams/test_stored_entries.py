@@ -216,7 +216,7 @@ def test_clusters_fire_independently(stored):
     assert [event.entry.ref.uid for event in tracker.advance("c1", T0 + 300_000)] == ["a"]
 
 
-def test_drop_rule_reads_only_its_entries(stored):
+def test_drop_rule_keeps_other_rules(stored):
     tracker = stored.tracker
     tracker.observe(pod("a"), T0, matching(duration=0))
     tracker.observe(pod("b"), T0, matching(rule=RULES[1]))
@@ -340,7 +340,7 @@ def test_processor_writes_same_changelog(tmp_path: Path):
         store.close()
 
 
-def test_processor_drops_entries_of_deleted_rules_on_start(tmp_path: Path):
+def test_processor_drops_deleted_rules_on_start(tmp_path: Path):
     store = EntryStore(tmp_path, 0)
     try:
         first = PartitionProcessor(
