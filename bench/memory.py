@@ -14,9 +14,10 @@ because the worker keeps entries, not objects, and producing a million 9 KiB Pod
 here. The partition scan measures 0 and --scan-tracked tracked objects on each of the
 --partition-scan partition counts, reusing points measured already.
 
-A model figure comes first: the Python heap per entry of a streams.processor.PartitionProcessor,
-measured with tracemalloc after it processed 100,000 such Pods in this process, without Kafka,
-RocksDB or Faust.
+Model figures come first: the Python heap per entry of a streams.processor.PartitionProcessor,
+measured with tracemalloc after it processed 100,000 such Pods in this process, without Kafka or
+Faust. One keeps its entries in memory (kdiag.durations.MemoryEntries), the other in RocksDB as the
+worker does (streams.state.StoredEntries). tracemalloc sees only Python's allocations, not RocksDB's.
 """
 
 from __future__ import annotations
@@ -24,9 +25,11 @@ from __future__ import annotations
 import argparse
 import statistics
 import sys
+import tempfile
 import time
 import tracemalloc
 import uuid
+from pathlib import Path
 from typing import Any, Iterator
 
 import orjson
@@ -176,9 +179,14 @@ def measure_point(broker: Broker, tracked: int, partitions: int, timeout_seconds
     }
 
 
-def model_bytes_per_entry(count: int = MODEL_ENTRIES) -> float:
-    """Return the Python heap per entry of a PartitionProcessor that processed `count` pending Pods."""
+def model_bytes_per_entry(count: int = MODEL_ENTRIES, stored: bool = False) -> float:
+    """Return the Python heap per entry of a PartitionProcessor that processed `count` pending Pods.
+
+    With `stored`, the processor keeps its entries in a RocksDB EntryStore in a temporary folder, and
+    each record's state writes are applied to it, as the worker applies them after each commit.
+    """
     from streams.processor import BatchResult, PartitionProcessor
+    from streams.state import EntryStore, StoredEntries
 
     batch_codec = codec("ChangeBatch")
     rule_set = load_rules([PACK_RULES])
@@ -191,16 +199,27 @@ def model_bytes_per_entry(count: int = MODEL_ENTRIES) -> float:
             chunk = []
     if chunk:
         records.append(batch_codec.encode({"changes": chunk, "tick": None}))
-    tracemalloc.start()
-    before = tracemalloc.get_traced_memory()[0]
-    processor = PartitionProcessor("model", 0, rule_set, [], {}, 0)
-    for offset, value in enumerate(records):
-        result = BatchResult()
-        processor.process(offset, value, result)
-        processor.take_state_writes()
-    after = tracemalloc.get_traced_memory()[0]
-    tracemalloc.stop()
-    entries = len(processor.tracker.entries)
+    with tempfile.TemporaryDirectory(prefix="kdiag-bench-memory-") as folder:
+        store = EntryStore(Path(folder), 0) if stored else None
+        tracemalloc.start()
+        before = tracemalloc.get_traced_memory()[0]
+        if store is not None:
+            processor = PartitionProcessor(
+                "model", 0, rule_set, [], {}, 0, lookup=store.get, scan=store.scan_keys, entry_storage=StoredEntries(store)
+            )
+        else:
+            processor = PartitionProcessor("model", 0, rule_set, [], {}, 0)
+        for offset, value in enumerate(records):
+            result = BatchResult()
+            processor.process(offset, value, result)
+            writes = processor.take_state_writes()
+            if store is not None:
+                store.apply(writes, offset)
+        after = tracemalloc.get_traced_memory()[0]
+        tracemalloc.stop()
+        entries = sum(processor.tracker.counts())
+        if store is not None:
+            store.close()
     if entries < count:
         raise BenchError(f"the model processor tracks {entries} entries, expected {count}")
     return (after - before) / entries
@@ -220,6 +239,7 @@ def slope(points: list[dict[str, Any]]) -> float | None:
 def run(args: argparse.Namespace, broker: Broker) -> dict[str, Any]:
     progress(f"memory: Python heap per entry of a PartitionProcessor with {MODEL_ENTRIES} entries")
     model = model_bytes_per_entry()
+    model_stored = model_bytes_per_entry(stored=True)
     points = [measure_point(broker, tracked, args.partitions, args.timeout) for tracked in args.tracked]
     scan = []
     for partitions in args.partition_scan:
@@ -229,7 +249,12 @@ def run(args: argparse.Namespace, broker: Broker) -> dict[str, Any]:
     growth = slope(points)
     base = next((point["rss_mib"] for point in points if point["tracked"] == 0), None)
     one_million = base + growth * 1_000_000 if growth is not None and base is not None else None
-    lines = [f"model: {model:.0f} bytes of Python heap per entry in a PartitionProcessor (tracemalloc, {MODEL_ENTRIES} entries)"]
+    lines = [
+        f"model: {model:.0f} bytes of Python heap per entry in a PartitionProcessor, entries in memory "
+        f"(tracemalloc, {MODEL_ENTRIES} entries)",
+        f"model: {model_stored:.0f} bytes of Python heap per entry in a PartitionProcessor, entries in RocksDB "
+        f"as in the worker (tracemalloc, {MODEL_ENTRIES} entries)",
+    ]
     lines += [
         f"{p['tracked']:>9} tracked, {p['partitions']:>2} partitions: RSS {p['rss_mib']:.0f} MiB "
         f"(peak {p['peak_rss_mib']:.0f} MiB), processed in {p['processing_seconds']:.0f} s"
@@ -246,6 +271,7 @@ def run(args: argparse.Namespace, broker: Broker) -> dict[str, Any]:
     ]
     figures = {
         "model_bytes_per_entry": round(model),
+        "model_bytes_per_stored_entry": round(model_stored),
         "points": points,
         "bytes_per_tracked_object": round(growth * 1024 * 1024) if growth is not None else None,
         "rss_mib_1m_extrapolated": round(one_million, 1) if one_million is not None else None,

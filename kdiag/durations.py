@@ -6,16 +6,20 @@ no clock of its own. Callers pass the event time of every change and tick, and a
 the newest time seen for it, so replaying history fires exactly the alerts a live run fired, with the
 same timestamps.
 
-The tracker keeps every active entry in memory (there are as many as there are anomalies, not
-objects) and reports the keys it changed, so that the caller persists state only on transitions.
+The tracker keeps its entries in an EntryStorage. MemoryEntries keeps them in Python dicts, and the
+worker's StoredEntries (streams/state.py) keeps them in RocksDB. There are as many entries as there are
+anomalies, not objects. The tracker reports the keys it changed, so that the caller persists state
+only on transitions.
 """
 
 from __future__ import annotations
 
 import hashlib
 import heapq
+import sys
+from collections.abc import Collection, Iterable, Iterator, Mapping
 from dataclasses import dataclass, field
-from typing import Any, Iterable, Protocol
+from typing import Any, Protocol
 
 PENDING = "pending"
 FIRING = "firing"
@@ -83,19 +87,21 @@ class Entry:
 
     @classmethod
     def from_state(cls, data: dict[str, Any]) -> "Entry":
+        # Interned: entries restored into memory share one copy of each cluster, kind and rule name.
+        intern = sys.intern
         ref = ObjectRef(
-            cluster=data["cluster"],
-            api_version=data["apiVersion"],
-            kind=data["kind"],
-            namespace=data["namespace"],
+            cluster=intern(data["cluster"]),
+            api_version=intern(data["apiVersion"]),
+            kind=intern(data["kind"]),
+            namespace=intern(data["namespace"]),
             name=data["name"],
             uid=data["uid"],
             resource_version=data["resourceVersion"],
         )
         return cls(
-            rule=data["rule"],
+            rule=intern(data["rule"]),
             ref=ref,
-            state=data["state"],
+            state=intern(data["state"]),
             active_since_ms=data["activeSince"],
             deadline_ms=data["deadline"],
             context=dict(data["context"]),
@@ -151,38 +157,223 @@ def alert_id(fingerprint_hex: str, uid: str, active_since_ms: int) -> str:
     return hashlib.sha256(text.encode()).hexdigest()[:32]
 
 
-class DurationTracker:
-    """Active entries and clocks of one partition.
+class EntryStorage:
+    """Storage of a DurationTracker's entries, with the pending, firing and per-rule counts.
 
-    `dirty` collects the state keys changed since the caller last cleared it: entry keys whose value
-    is now `entries[key]` or, if absent, deleted.
+    The tracker calls `add`, `fire` and `remove` for every transition, so the counts never need a
+    scan. Subclasses keep the entries and their deadlines. `take_writes` hands over the keys changed
+    since its last call, with their new entry or None for a removed one.
     """
 
-    def __init__(self, entries: Iterable[Entry] = (), clocks: dict[str, int] | None = None) -> None:
+    def __init__(self) -> None:
+        self.total = 0
+        self.firing = 0
+        self.rule_counts: dict[str, int] = {}
+
+    # Implemented by subclasses
+
+    @property
+    def dirty(self) -> Collection[str]:
+        """Return the keys changed since the last take_writes."""
+        raise NotImplementedError
+
+    def get(self, key: str) -> Entry | None:
+        raise NotImplementedError
+
+    def object_entries(self, cluster: str, uid: str) -> dict[str, Entry]:
+        """Return a new dict of the object's entries by rule."""
+        raise NotImplementedError
+
+    def keys(self) -> Iterator[str]:
+        """Yield the key of every entry."""
+        raise NotImplementedError
+
+    def rule_entries(self, rule: str) -> list[Entry]:
+        """Return every entry of a rule, in key order."""
+        raise NotImplementedError
+
+    def pop_due(self, cluster: str, time_ms: int) -> list[tuple[int, str]]:
+        """Remove and return the (deadline, key) items of the cluster due at time_ms, in order.
+
+        Items can be stale: the tracker checks each one against the entry that `get` returns.
+        """
+        raise NotImplementedError
+
+    def take_writes(self) -> list[tuple[str, Entry | None]]:
+        raise NotImplementedError
+
+    def _write_entry(self, entry: Entry, new: bool) -> None:
+        """Store an entry. A new pending entry also gets its deadline scheduled."""
+        raise NotImplementedError
+
+    def _delete_entry(self, entry: Entry) -> None:
+        raise NotImplementedError
+
+    # Transitions, called by the tracker
+
+    def add(self, entry: Entry) -> None:
+        """Store a new entry, pending or firing."""
+        self._write_entry(entry, new=True)
+        self.total += 1
+        self.rule_counts[entry.rule] = self.rule_counts.get(entry.rule, 0) + 1
+        if entry.state == FIRING:
+            self.firing += 1
+
+    def fire(self, entry: Entry) -> None:
+        """Move a pending entry to firing."""
+        entry.state = FIRING
+        self._write_entry(entry, new=False)
+        self.firing += 1
+
+    def remove(self, entry: Entry) -> None:
+        self._delete_entry(entry)
+        self.total -= 1
+        remaining = self.rule_counts[entry.rule] - 1
+        if remaining:
+            self.rule_counts[entry.rule] = remaining
+        else:
+            del self.rule_counts[entry.rule]
+        if entry.state == FIRING:
+            self.firing -= 1
+
+
+class MemoryEntries(EntryStorage):
+    """Every entry in Python dicts, with a heap of deadlines per cluster.
+
+    About 1.6 KiB of Python heap per entry. The worker keeps its entries in RocksDB instead
+    (streams/state.py StoredEntries). This one serves callers without a database.
+    """
+
+    def __init__(self, entries: Iterable[Entry] = ()) -> None:
+        super().__init__()
         self.entries: dict[str, Entry] = {}
         self._by_object: dict[tuple[str, str], dict[str, Entry]] = {}
         self._deadlines: dict[str, list[tuple[int, str]]] = {}
-        self.clocks: dict[str, int] = dict(clocks or {})
-        self.dirty: set[str] = set()
-        self._firing_count = 0
+        self._dirty: set[str] = set()
         for entry in entries:
-            self._add(entry)
-        self.dirty.clear()
+            self.add(entry)
+        self._dirty.clear()
+
+    @property
+    def dirty(self) -> set[str]:
+        return self._dirty
+
+    def get(self, key: str) -> Entry | None:
+        return self.entries.get(key)
+
+    def object_entries(self, cluster: str, uid: str) -> dict[str, Entry]:
+        return dict(self._by_object.get((cluster, uid), ()))
+
+    def keys(self) -> Iterator[str]:
+        return iter(list(self.entries))
+
+    def rule_entries(self, rule: str) -> list[Entry]:
+        return [self.entries[key] for key in sorted(self.entries) if self.entries[key].rule == rule]
+
+    def pop_due(self, cluster: str, time_ms: int) -> list[tuple[int, str]]:
+        heap = self._deadlines.get(cluster)
+        due = []
+        while heap and heap[0][0] <= time_ms:
+            due.append(heapq.heappop(heap))
+        return due
+
+    def take_writes(self) -> list[tuple[str, Entry | None]]:
+        writes = [(key, self.entries.get(key)) for key in sorted(self._dirty)]
+        self._dirty.clear()
+        return writes
+
+    def _write_entry(self, entry: Entry, new: bool) -> None:
+        key = entry.key
+        if new:
+            self.entries[key] = entry
+            self._by_object.setdefault((entry.ref.cluster, entry.ref.uid), {})[entry.rule] = entry
+            if entry.state == PENDING:
+                heapq.heappush(self._deadlines.setdefault(entry.ref.cluster, []), (entry.deadline_ms, key))
+        self._dirty.add(key)
+
+    def _delete_entry(self, entry: Entry) -> None:
+        key = entry.key
+        del self.entries[key]
+        object_key = (entry.ref.cluster, entry.ref.uid)
+        rules = self._by_object[object_key]
+        del rules[entry.rule]
+        if not rules:
+            del self._by_object[object_key]
+        self._dirty.add(key)
+
+
+class EntriesView(Mapping[str, Entry]):
+    """Read-only mapping from entry key to Entry over an EntryStorage."""
+
+    def __init__(self, storage: EntryStorage) -> None:
+        self._storage = storage
+
+    def __getitem__(self, key: str) -> Entry:
+        entry = self._storage.get(key)
+        if entry is None:
+            raise KeyError(key)
+        return entry
+
+    def __iter__(self) -> Iterator[str]:
+        return self._storage.keys()
+
+    def __len__(self) -> int:
+        return self._storage.total
+
+
+class DurationTracker:
+    """Active entries and clocks of one partition.
+
+    `storage` keeps the entries: by default a MemoryEntries built from `entries`. A storage backed by a
+    database (streams/state.py StoredEntries) loads its own entries, so `entries` must then be empty.
+    `dirty` contains the entry keys changed since the last `take_writes`.
+    """
+
+    def __init__(
+        self,
+        entries: Iterable[Entry] = (),
+        clocks: dict[str, int] | None = None,
+        storage: EntryStorage | None = None,
+    ) -> None:
+        if storage is None:
+            storage = MemoryEntries(entries)
+        elif any(True for _ in entries):
+            raise ValueError("entries must be empty when a storage is given: the storage loads its own entries")
+        self.storage = storage
+        self.clocks: dict[str, int] = dict(clocks or {})
 
     # Queries
+
+    @property
+    def entries(self) -> Mapping[str, Entry]:
+        """Every active entry by key. With a database-backed storage each read parses stored JSON."""
+        storage = self.storage
+        return storage.entries if isinstance(storage, MemoryEntries) else EntriesView(storage)
+
+    @property
+    def dirty(self) -> Collection[str]:
+        return self.storage.dirty
 
     def clock(self, cluster: str) -> int | None:
         return self.clocks.get(cluster)
 
     def entries_of(self, cluster: str, uid: str) -> dict[str, Entry]:
-        return self._by_object.get((cluster, uid), {})
+        return self.storage.object_entries(cluster, uid)
 
     def has_entries(self, cluster: str, uid: str) -> bool:
-        return (cluster, uid) in self._by_object
+        return bool(self.storage.object_entries(cluster, uid))
+
+    def rules(self) -> set[str]:
+        """Return the names of the rules that have at least one entry."""
+        return set(self.storage.rule_counts)
 
     def counts(self) -> tuple[int, int]:
         """Return (pending, firing) entry counts."""
-        return len(self.entries) - self._firing_count, self._firing_count
+        return self.storage.total - self.storage.firing, self.storage.firing
+
+    def take_writes(self) -> list[tuple[str, Entry | None]]:
+        """Return the entries changed since the last call, sorted by key, None for a removed one."""
+        return self.storage.take_writes()
 
     # Transitions
 
@@ -195,16 +386,12 @@ class DurationTracker:
         if current is None or time_ms > current:
             self.clocks[cluster] = time_ms
             current = time_ms
-        heap = self._deadlines.get(cluster)
         events: list[AlertEvent] = []
-        while heap and heap[0][0] <= current:
-            deadline_ms, key = heapq.heappop(heap)
-            entry = self.entries.get(key)
+        for deadline_ms, key in self.storage.pop_due(cluster, current):
+            entry = self.storage.get(key)
             if entry is None or entry.state != PENDING or entry.deadline_ms != deadline_ms:
-                continue  # A stale heap item: the entry was removed or restarted since.
-            entry.state = FIRING
-            self._firing_count += 1
-            self.dirty.add(key)
+                continue  # A stale item: the entry was removed, fired or restarted since.
+            self.storage.fire(entry)
             events.append(AlertEvent(FIRING_STATUS, entry))
         return events
 
@@ -221,70 +408,59 @@ class DurationTracker:
         Deadlines that passed before this change fire first, because the object matched up to it.
         """
         events = self.advance(ref.cluster, time_ms)
-        current = self._by_object.get((ref.cluster, ref.uid))
+        current = self.storage.object_entries(ref.cluster, ref.uid)
         for rule, duration_seconds, match, start_ms in results:
-            entry = current.get(rule) if current else None
+            entry = current.get(rule)
             if match is None:
                 if entry is not None:
                     events.extend(self._end(entry, time_ms, "recovered", ref.resource_version))
+                    del current[rule]
                 continue
             if entry is not None:
                 continue  # Still matching: state changes only on transitions.
             # A start later than the change (clock skew between the object and the source) is ignored.
             active_since_ms = time_ms if start_ms is None else min(start_ms, time_ms)
+            deadline_ms = active_since_ms + int(round(duration_seconds * 1000))
             entry = Entry(
                 rule=rule,
                 ref=ref,
-                state=PENDING,
+                state=FIRING if deadline_ms <= time_ms else PENDING,
                 active_since_ms=active_since_ms,
-                deadline_ms=active_since_ms + int(round(duration_seconds * 1000)),
+                deadline_ms=deadline_ms,
                 context=dict(match.context),
             )
-            self._add(entry)
-            if entry.deadline_ms <= time_ms:
-                entry.state = FIRING
-                self._firing_count += 1
+            self.storage.add(entry)
+            current[rule] = entry
+            if entry.state == FIRING:
                 events.append(AlertEvent(FIRING_STATUS, entry))
-            current = self._by_object.get((ref.cluster, ref.uid))
         return events
 
     def delete(self, ref: ObjectRef, time_ms: int) -> list[AlertEvent]:
-        """Apply the deletion of an object: pending entries go, firing ones resolve."""
+        """Apply the deletion of an object: pending entries go, firing ones resolve, in rule order."""
         events = self.advance(ref.cluster, time_ms)
-        for entry in list(self.entries_of(ref.cluster, ref.uid).values()):
-            events.extend(self._end(entry, time_ms, "deleted", ref.resource_version))
+        entries = self.storage.object_entries(ref.cluster, ref.uid)
+        for rule in sorted(entries):
+            events.extend(self._end(entries[rule], time_ms, "deleted", ref.resource_version))
         return events
 
     def drop_rule(self, rule: str) -> list[AlertEvent]:
-        """Remove every entry of a deleted rule: pending ones go, firing ones resolve at their cluster's clock."""
+        """Remove every entry of a deleted rule, in key order: pending ones go, firing ones resolve at
+        their cluster's clock.
+
+        With a database-backed storage this reads every entry key, so it runs only when the rule has entries.
+        """
+        if rule not in self.storage.rule_counts:
+            return []
         events: list[AlertEvent] = []
-        for entry in [entry for entry in self.entries.values() if entry.rule == rule]:
+        for entry in self.storage.rule_entries(rule):
             clock = self.clocks.get(entry.ref.cluster, entry.deadline_ms)
             events.extend(self._end(entry, clock, "rule deleted", entry.ref.resource_version))
         return events
 
     # Internals
 
-    def _add(self, entry: Entry) -> None:
-        key = entry.key
-        self.entries[key] = entry
-        self._by_object.setdefault((entry.ref.cluster, entry.ref.uid), {})[entry.rule] = entry
-        if entry.state == PENDING:
-            heapq.heappush(self._deadlines.setdefault(entry.ref.cluster, []), (entry.deadline_ms, key))
-        else:
-            self._firing_count += 1
-        self.dirty.add(key)
-
     def _end(self, entry: Entry, time_ms: int, reason: str, resource_version: str) -> list[AlertEvent]:
-        key = entry.key
-        del self.entries[key]
-        object_key = (entry.ref.cluster, entry.ref.uid)
-        rules = self._by_object[object_key]
-        del rules[entry.rule]
-        if not rules:
-            del self._by_object[object_key]
-        self.dirty.add(key)
+        self.storage.remove(entry)
         if entry.state != FIRING:
             return []
-        self._firing_count -= 1
         return [AlertEvent(RESOLVED_STATUS, entry, time_ms, reason, resource_version)]

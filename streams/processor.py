@@ -19,7 +19,7 @@ import orjson
 
 from kdiag.alertcenter.events import alert_to_event, kubernetes_event_to_event
 from kdiag.codec import codec
-from kdiag.durations import FIRING_STATUS, AlertEvent, DurationTracker, Entry, ObjectRef
+from kdiag.durations import FIRING_STATUS, AlertEvent, DurationTracker, Entry, EntryStorage, ObjectRef
 from kdiag.model import format_time_ms, topic_key
 from kdiag.partitioning import partition_for_key
 from kdiag.rules.kinds import CLUSTER_SCOPED_KINDS
@@ -85,18 +85,21 @@ class PartitionProcessor:
         cluster_objects: Callable[[ObjectKey], dict[str, Any] | None] | None = None,
         cluster_nodes: Callable[[str], Iterable[dict[str, Any]]] | None = None,
         forward_warnings: bool = True,
+        entry_storage: EntryStorage | None = None,
     ) -> None:
         """`partitions` is the changes topic's partition count. `lookup` reads one committed state key
         and `scan` returns the committed keys with a prefix. `cluster_objects` returns cluster-scoped
         objects that other partitions received; without it, rules that read them match only on the
         partition that receives them. `cluster_nodes` lists a cluster's Nodes that other partitions
         received, for the snapshots of unscheduled pods. With `forward_warnings`, Warning Events that
-        no rule matches go to the alert center as they are."""
+        no rule matches go to the alert center as they are. `entry_storage` keeps the tracker's
+        entries, loaded already, so `entries` must then be empty. Without it the entries stay in
+        memory."""
         self.topic = topic
         self.partition = partition
         self.partitions = partitions
         self.rule_set = rule_set
-        self.tracker = DurationTracker(entries, clocks)
+        self.tracker = DurationTracker(entries, clocks, storage=entry_storage)
         self.next_offset = next_offset
         self.references = ReferenceStore(lookup, scan)
         self.plan = ReferencePlan.from_rule_set(rule_set)
@@ -122,7 +125,7 @@ class PartitionProcessor:
             return
         # Entries rather than the previous rule set decide, so that rules deleted while no worker
         # owned this partition are dropped too.
-        deleted = {entry.rule for entry in self.tracker.entries.values()} - set(rule_set.names)
+        deleted = self.tracker.rules() - set(rule_set.names)
         self.rule_set = rule_set
         self.plan = ReferencePlan.from_rule_set(rule_set)
         self.related.watch_kinds(rule_set.kinds)
@@ -500,11 +503,9 @@ class PartitionProcessor:
         """Return the state changed since the last call, as changelog key/value pairs."""
         writes: list[StateWrite] = []
         tracker = self.tracker
-        for key in sorted(tracker.dirty):
-            entry = tracker.entries.get(key)
+        for key, entry in tracker.take_writes():
             value = orjson.dumps(entry.to_state()) if entry is not None else None
             writes.append((entry_state_key(key), value))
-        tracker.dirty.clear()
         for cluster in sorted(self._clocks_changed):
             clock = tracker.clocks.get(cluster)
             if clock is not None:

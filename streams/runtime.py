@@ -7,6 +7,7 @@ in that partition's Kafka transaction before the agent acknowledges the events.
 
 from __future__ import annotations
 
+import ctypes
 import logging
 import time
 from dataclasses import dataclass
@@ -22,12 +23,39 @@ from kdiag.settings import Settings
 from streams import metrics
 from streams.cluster_objects import ClusterObjects, encode_key
 from streams.processor import BatchResult, PartitionProcessor
-from streams.state import PartitionStore, restore
+from streams.state import EntryStore, StoredEntries, restore
 from streams.transactions import PartitionTransactions, TransactionAborted
 
 log = logging.getLogger(__name__)
 
 MAX_TRANSACTION_ATTEMPTS = 3
+# Seconds between returns of freed heap memory to the operating system (see release_free_memory).
+TRIM_INTERVAL_SECONDS = 1.0
+
+
+def _find_malloc_trim() -> Callable[[int], int] | None:
+    """Return glibc's malloc_trim, or None where the C library has none (musl, macOS)."""
+    try:
+        return ctypes.CDLL(None).malloc_trim
+    except (OSError, AttributeError):
+        return None
+
+
+_malloc_trim = _find_malloc_trim()
+
+
+def release_free_memory() -> bool:
+    """Return the C heap's free pages to the operating system. Returns False without glibc.
+
+    A large batch allocates and frees tens of MiB (records, decoded changes, state writes). glibc
+    keeps freed memory below the top of its heaps and in its per-thread arenas, so without a trim
+    the RSS stays at the largest batch's high-water mark. On a 2-core x86_64 machine a trim took
+    15 ms when it freed 180 MiB, and under 1 ms with little to free.
+    """
+    if _malloc_trim is None:
+        return False
+    _malloc_trim(0)
+    return True
 
 
 @dataclass(frozen=True, slots=True)
@@ -51,7 +79,7 @@ class PartitionRuntime:
         self.pending_cluster_objects: set[tuple[str, str, str, str]] = set()
         self.transactions = PartitionTransactions(settings, partition)
         self.transactions.initialize()
-        self.store = PartitionStore(settings.state_dir / settings.app_id, partition)
+        self.store = EntryStore(settings.state_dir / settings.app_id, partition)
         started = time.monotonic()
         applied = restore(self.store, settings.bootstrap_servers, settings.changelog_topic)
         metrics.RESTORED.inc(applied)
@@ -64,17 +92,17 @@ class PartitionRuntime:
                 "restored_records": applied,
                 "restore_seconds": round(time.monotonic() - started, 3),
                 "next_offset": self.processor.next_offset,
-                "entries": len(self.processor.tracker.entries),
+                "entries": sum(self.processor.tracker.counts()),
             },
         )
 
     def _load_processor(self) -> PartitionProcessor:
-        entries, clocks, next_offset = self.store.load()
+        clocks, next_offset = self.store.load_positions()
         return PartitionProcessor(
             self.settings.changes_topic,
             self.partition,
             self.rule_set,
-            entries,
+            [],
             clocks,
             next_offset,
             partitions=self.settings.partitions,
@@ -83,6 +111,7 @@ class PartitionRuntime:
             cluster_objects=self.cluster_objects.get if self.cluster_objects is not None else None,
             cluster_nodes=self.cluster_objects.nodes if self.cluster_objects is not None else None,
             forward_warnings=self.settings.forward_warning_events,
+            entry_storage=StoredEntries(self.store),
         )
 
     def process(self, records: Sequence[InputRecord], rule_set: RuleSet) -> BatchResult:
@@ -148,6 +177,9 @@ class WorkerRuntime:
         self.cluster_objects = cluster_objects
         self.assigned: set[int] = set()
         self.partitions: dict[int, PartitionRuntime] = {}
+        self._trimmed_at = time.monotonic()
+        if _malloc_trim is None:
+            log.info("malloc_trim is not available, so freed memory stays with the C allocator")
 
     def assign(self, partitions: Iterable[int]) -> None:
         """Take over the assigned partitions at once: initialising each partition's transactional
@@ -203,6 +235,9 @@ class WorkerRuntime:
                 raise
             self._count(partition, result)
         metrics.BATCH_SECONDS.observe(time.perf_counter() - started)
+        if time.monotonic() - self._trimmed_at >= TRIM_INTERVAL_SECONDS:
+            release_free_memory()
+            self._trimmed_at = time.monotonic()
 
     def _count(self, partition: int, result: BatchResult) -> None:
         metrics.RECORDS.labels(str(partition)).inc(result.records)
