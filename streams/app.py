@@ -62,7 +62,7 @@ def create_app(
     center: AlertCenter | None = None,
 ) -> tuple[faust.App, WorkerRuntime]:
     """Build the Faust app. `rules` returns the rule set in force; it is called once per batch.
-    `graphs` holds the root-cause graphs in force; without it, diagnoses pass without a root cause.
+    `graphs` contains the root-cause graphs in force. Without it, diagnoses pass without a root cause.
     `center` is the alert center with the configuration in force (default: the defaults)."""
     faust_dir = settings.state_dir / "faust"
     faust_dir.mkdir(parents=True, exist_ok=True)

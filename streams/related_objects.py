@@ -374,6 +374,8 @@ class RelatedTable:
         namespace, name = _identity(pod)
         spec = _mapping(pod.get("spec"))
         candidates: list[Mapping[str, Any]] = []
+
+        # Sibling pods and pods on the same node, then the Nodes they run on.
         owner = controller_reference(pod)
         pods: dict[tuple[str, str], Mapping[str, Any]] = {}
         if owner is not None and owner.get("uid"):
@@ -390,12 +392,16 @@ class RelatedTable:
             node = find_node(name_of_node)
             if node is not None:
                 candidates.append(node)
+
+        # A pod that is not scheduled: every Node of the cluster, for their taints.
         if not node_name:
             nodes = list(self.nodes(cluster))
             if cluster_nodes is not None:
                 known = {_identity(node)[1] for node in nodes}
                 nodes.extend(node for node in cluster_nodes(cluster) if _identity(node)[1] not in known)
             candidates.extend(nodes)
+
+        # The objects the pod references, and its ServiceAccount's pull secrets.
         secrets, config_maps, claims = referenced_names(pod)
         account_name = str(spec.get("serviceAccountName") or spec.get("serviceAccount") or "default")
         account = self.get((cluster, "ServiceAccount", namespace, account_name))
