@@ -48,9 +48,9 @@ class Settings:
     forward_warning_events: bool = True
     schemas_dir: Path = PROJECT_ROOT / "schemas"
     batch_max_records: int = 200
-    # The longest the worker waits to fill a batch of batch_max_records. bench.latency measured
-    # immediate alerts at 158 ms p99 with 0.02 s and 288 ms with 0.1 s, but catching up with 100
-    # rules ran at 1,429 instead of 1,922 changes/s, in smaller batches (docs/benchmarks.md, runs L3-L4, T4-T5).
+    # Maximum time the worker waits to fill a batch of batch_max_records. bench.latency measured
+    # immediate alerts at 158 ms p99 with 0.02 s and 288 ms with 0.1 s. Catching up with 100 rules
+    # ran at 1,429 instead of 1,922 changes/s, in smaller batches (docs/benchmarks.md, runs L3-L4, T4-T5).
     # NOTE: a slow trickle of records can make a partition commit up to 50 transactions per second
     # instead of 10. The broker load of that was not measured.
     commit_interval_seconds: float = 0.02

@@ -96,6 +96,13 @@ class Pipeline:
     def worker_log(self) -> str:
         return "\n".join(path.read_text() for path in sorted(self.log_dir.glob("worker-*.log")))
 
+    def wait_for_log(self, text: str, timeout_seconds: float = 60) -> None:
+        """Wait until a worker's log contains text, e.g. a message it logs when a change took effect."""
+        deadline = time.monotonic() + timeout_seconds
+        while text not in self.worker_log():
+            assert time.monotonic() < deadline, f"{text!r} not logged:\n{self.worker_log()[-3000:]}"
+            time.sleep(0.2)
+
     def read_topic(self, topic: str, schema: str) -> list[dict]:
         """Read every committed record of a topic, decoded with the named schema."""
         consumer = Consumer(

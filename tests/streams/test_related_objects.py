@@ -129,7 +129,7 @@ def test_indexes_follow_moves_and_deletes():
     assert not table.delete(key_of(pod("web-1")))
 
 
-def test_pod_snapshot_collects_events_owners_siblings_node_and_secrets():
+def test_pod_snapshot_collects_related_objects():
     table = table_with(
         pod("web-1"),
         pod("web-2", node="node-2"),

@@ -132,7 +132,8 @@ def test_diagnosis_carries_owner_chain_labels_and_node(starter_pack: RuleSet) ->
     assert diagnosis["sourceOffset"] >= 0
     # An Event about the Pod is enriched from the Pod, its involved object.
     (about_pod,) = [record["event"] for record in records if record["event"]["kind"] == "Event"]
-    assert about_pod["owners"] == event["owners"] and about_pod["labels"] == event["labels"]
+    assert about_pod["owners"] == event["owners"]
+    assert about_pod["labels"] == event["labels"]
 
 
 def test_image_pull_spread_decides_node_or_image(starter_pack: RuleSet, shipped_graphs: GraphSet) -> None:
@@ -197,7 +198,7 @@ def test_resolved_and_unknown_rules_pass_without_root_cause(starter_pack: RuleSe
     assert result.analysed == 0
 
 
-def test_garbage_goes_to_the_dead_letters_and_the_stream_goes_on(starter_pack: RuleSet, shipped_graphs: GraphSet) -> None:
+def test_garbage_dead_lettered_stream_continues(starter_pack: RuleSet, shipped_graphs: GraphSet) -> None:
     fired = diagnose(namespaced(support.load_case("07-oomkilled-low-memory-limit.yaml")), starter_pack)
     events, result = analyse([b"not avro", *fired], shipped_graphs)
     assert len(result.dead_letters) == 1
@@ -213,11 +214,12 @@ def test_committed_records_are_skipped(starter_pack: RuleSet, shipped_graphs: Gr
     result = RootCauseResult()
     for offset, value in enumerate(fired):
         processor.process(DiagnosisRecord(0, offset, value), result)
-    assert result.records == 0 and processor.take_state_writes() == []
+    assert result.records == 0
+    assert processor.take_state_writes() == []
 
 
-def test_plugin_failure_is_reported_and_the_graph_goes_on(starter_pack: RuleSet) -> None:
-    """A remote plugin whose server is gone: the finding says so, and the verdict still comes."""
+def test_plugin_failure_reported_graph_continues(starter_pack: RuleSet) -> None:
+    """A remote plugin whose server is gone gives a FAILED finding, and a verdict still holds."""
     with socket.socket() as probe:
         probe.bind(("127.0.0.1", 0))
         port = probe.getsockname()[1]
@@ -240,7 +242,8 @@ def test_plugin_failure_is_reported_and_the_graph_goes_on(starter_pack: RuleSet)
         graphs.close()
     (event,) = [event for event in events if event["rootCause"] is not None]
     findings = {finding["node"]: finding for finding in event["rootCause"]["findings"]}
-    assert findings["remote"]["status"] == "FAILED" and "gone" in findings["remote"]["error"]
+    assert findings["remote"]["status"] == "FAILED"
+    assert "gone" in findings["remote"]["error"]
     assert event["rootCause"]["cause"] == "oom"
 
 
