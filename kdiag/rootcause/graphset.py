@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-import io
-import json
 import logging
 import os
 import threading
@@ -11,8 +9,7 @@ from collections.abc import Iterable
 from pathlib import Path
 from typing import Any
 
-import yaml
-
+from kdiag.documents import parse_documents
 from kdiag.errors import ConfigError, RuleError
 from kdiag.rootcause.context import DiagnosisContext
 from kdiag.rootcause.graph import Graph, check_graphs
@@ -201,43 +198,6 @@ def read_documents(path: Path) -> list[Any]:
         raise RuleError("", "", f"the file is not valid UTF-8: {error}", source, subject="graph") from None
     except OSError as error:
         raise ConfigError(f"cannot read graph file {source}: {error.strerror or error}") from None
-    if path.suffix.lower() == ".json":
-        try:
-            return [json.loads(text, object_pairs_hook=_reject_duplicate_json_keys)]
-        except ValueError as error:
-            raise RuleError("", "", f"invalid JSON: {error}", source, subject="graph") from None
-    try:
-        stream = io.StringIO(text)
-        stream.name = source  # PyYAML names the file in its error marks.
-        documents = list(yaml.load_all(stream, Loader=_GraphYamlLoader))
-    except yaml.YAMLError as error:
-        raise RuleError("", "", f"invalid YAML: {error}", source, subject="graph") from None
-    return [document for document in documents if document is not None]
-
-
-def _reject_duplicate_json_keys(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
-    result: dict[str, Any] = {}
-    for key, value in pairs:
-        if key in result:
-            raise ValueError(f"duplicate key {key!r} in one JSON object")
-        result[key] = value
-    return result
-
-
-class _GraphYamlLoader(yaml.SafeLoader):
-    """SafeLoader that rejects a key repeated in one mapping, which PyYAML otherwise lets overwrite."""
-
-    def construct_mapping(self, node: yaml.MappingNode, deep: bool = False) -> dict[Any, Any]:
-        seen: set[Any] = set()
-        for key_node, _ in node.value:
-            key = self.construct_object(key_node, deep=True)
-            try:
-                duplicate = key in seen
-            except TypeError:
-                continue
-            if duplicate:
-                raise yaml.constructor.ConstructorError("while constructing a mapping", node.start_mark, f"found duplicate key {key!r}", key_node.start_mark)
-            seen.add(key)
-        return super().construct_mapping(node, deep=deep)
+    return parse_documents(text, path.suffix, source, subject="graph")
 
 

@@ -2,15 +2,14 @@
 
 from __future__ import annotations
 
-import json
 import os
 from collections.abc import Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-import yaml
 
+from kdiag.documents import parse_documents
 from kdiag.errors import ConfigError, KdiagError, RuleError
 from kdiag.rules.engine import Rule, RuleSet
 from kdiag.rules.parser import check_rules, parse_rules
@@ -130,7 +129,7 @@ def _read_documents(path: Path) -> list[Any]:
         raise RuleError("", "", f"the file is not valid UTF-8: {error}", source) from None
     except OSError as error:
         raise ConfigError(f"cannot read rule file {source}: {error.strerror or error}") from None
-    return _parse_documents(text, path.suffix.lower(), source)
+    return parse_documents(text, path.suffix, source)
 
 
 def _rule_files(paths: Iterable[PathLike]) -> Iterable[Path]:
@@ -155,54 +154,3 @@ def _files_under(folder: Path) -> Iterable[Path]:
             if name.startswith(".") or not name.lower().endswith(RULE_FILE_SUFFIXES):
                 continue
             yield Path(root, name)
-
-
-def _parse_documents(text: str, suffix: str, source: str) -> list[Any]:
-    if suffix == ".json":
-        try:
-            return [json.loads(text, object_pairs_hook=_reject_duplicate_json_keys)]
-        except ValueError as error:
-            # json.JSONDecodeError and the duplicate-key error from the hook are both ValueErrors.
-            raise RuleError("", "", f"invalid JSON: {error}", source) from None
-
-    try:
-        documents = list(yaml.load_all(text, Loader=_RuleYamlLoader))
-    except yaml.YAMLError as error:
-        raise RuleError("", "", f"invalid YAML: {error}", source) from None
-    # An empty YAML document (a file of comments only, or a trailing ---) loads as None and
-    # contributes no rules.
-    return [document for document in documents if document is not None]
-
-
-def _reject_duplicate_json_keys(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
-    result: dict[str, Any] = {}
-    for key, value in pairs:
-        if key in result:
-            raise ValueError(f"duplicate key {key!r} in one JSON object")
-        result[key] = value
-    return result
-
-
-class _RuleYamlLoader(yaml.SafeLoader):
-    """SafeLoader that rejects a key repeated in one mapping, which PyYAML otherwise lets overwrite."""
-
-    def construct_mapping(self, node: yaml.MappingNode, deep: bool = False) -> dict[Any, Any]:
-        seen: set[Any] = set()
-        for key_node, _ in node.value:
-            if key_node.tag == "tag:yaml.org,2002:merge":
-                continue
-            key = self.construct_object(key_node, deep=True)
-            try:
-                duplicate = key in seen
-            except TypeError:
-                # An unhashable key; SafeConstructor.construct_mapping reports it below.
-                continue
-            if duplicate:
-                raise yaml.constructor.ConstructorError(
-                    "while constructing a mapping",
-                    node.start_mark,
-                    f"found duplicate key {key!r}",
-                    key_node.start_mark,
-                )
-            seen.add(key)
-        return super().construct_mapping(node, deep=deep)
