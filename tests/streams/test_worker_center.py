@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import socket
 import time
 import urllib.request
@@ -106,11 +107,19 @@ def firing_tenants(pipeline) -> list[str]:
 def test_filters_follow_the_config_topic_without_restart(pipeline, tmp_path: Path):
     worker = pipeline.start_worker()
     pipeline.wait_for_log("worker starting")
+    # The first worker published the shipped defaults to the empty config topic.
+    shipped = pipeline.kdiag("center", "show")
+    assert shipped.returncode == 0, shipped.stderr
+    assert json.loads(shipped.stdout)["ruleLevels"]["NodeNotReady"] == "P2"
+
     config = tmp_path / "center.yaml"
     config.write_text("filters:\n  deny:\n    tenant: [tenant-1]\n")
     applied = pipeline.kdiag("center", "apply", str(config))
     assert applied.returncode == 0, applied.stderr
-    pipeline.wait_for_log("alert center config applied")
+    # The shipped defaults were applied at start too, so wait for this file's own log line.
+    pipeline.wait_for_log(str(config))
+    shown = pipeline.kdiag("center", "show")
+    assert json.loads(shown.stdout) == {"filters": {"deny": {"tenant": ["tenant-1"]}}}
     produce(pipeline, [diagnosis(number, "FIRING", T0 + number) for number in range(4)])
     pipeline.wait_for_alerts()
     assert firing_tenants(pipeline) == ["tenant-0", "tenant-2", "tenant-3"]
