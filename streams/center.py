@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import logging
 import time
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from typing import Any, Sequence
 
@@ -20,7 +21,7 @@ from kdiag.errors import DecodeError
 from kdiag.settings import Settings
 from streams import metrics
 from streams.state import PartitionStore, restore
-from streams.transactions import Output, PartitionTransactions, StateWrite, commit_batch
+from streams.transactions import COMMIT_THREADS, Output, PartitionBatch, PartitionTransactions, StateWrite, commit_batch, commit_partitions
 
 log = logging.getLogger(__name__)
 
@@ -151,12 +152,15 @@ class CenterPartition:
                    "alerts": len(self.processor.state.alerts)},
         )
 
-    def process(self, records: Sequence[CenterRecord]) -> CenterResult:
-        result = CenterResult()
+    def batch(self, records: Sequence[CenterRecord]) -> tuple[PartitionBatch, list[CenterResult]]:
+        """Return the batch that grades records of this partition, for commit_partitions or commit_batch,
+        and the list that receives each attempt's result: after the commit, its last element is the
+        committed one."""
+        results: list[CenterResult] = []
 
         def attempt() -> tuple[list[Output], list[StateWrite]] | None:
-            nonlocal result
             result = CenterResult()
+            results.append(result)
             for record in records:
                 self.processor.process(record, result)
             if result.records == 0:
@@ -172,8 +176,13 @@ class CenterPartition:
         def reload() -> None:
             self.processor = load_processor(self.store, self.settings, self.partition, self.center)
 
-        commit_batch(self.transactions, self.store.apply, self.settings.events_topic, attempt, reload)
-        return result
+        return PartitionBatch(self.transactions, self.settings.events_topic, attempt, reload, self.store.apply), results
+
+    def process(self, records: Sequence[CenterRecord]) -> CenterResult:
+        """Grade records of this partition and commit the outputs in one transaction."""
+        batch, results = self.batch(records)
+        commit_batch(batch)
+        return results[-1]
 
     def close(self) -> None:
         self.transactions.close()
@@ -188,6 +197,7 @@ class CenterRuntime:
         self.center = center or AlertCenter()
         self.assigned: set[int] = set()
         self.partitions: dict[int, CenterPartition] = {}
+        self._committer = ThreadPoolExecutor(max_workers=COMMIT_THREADS, thread_name_prefix="kdiag-center-commit")
 
     def assign(self, partitions: set[int]) -> None:
         """Take over the assigned partitions at once, which aborts transactions a killed owner left open."""
@@ -209,14 +219,17 @@ class CenterRuntime:
         by_partition: dict[int, list[CenterRecord]] = {}
         for record in records:
             by_partition.setdefault(record.partition, []).append(record)
+        batches: list[tuple[PartitionBatch, list[CenterResult]]] = []
         for partition, partition_records in sorted(by_partition.items()):
             if partition not in self.assigned:
                 continue
             runtime = self.partitions.get(partition)
             if runtime is None:
                 runtime = self.partitions[partition] = CenterPartition(self.settings, partition, self.center)
-            result = runtime.process(partition_records)
-            for graded in result.graded:
+            batches.append(runtime.batch(partition_records))
+        commit_partitions([batch for batch, _ in batches], self._committer)
+        for _, results in batches:
+            for graded in results[-1].graded:
                 metrics.MTTX.observe(graded.to_avro())
                 log.info("graded alert", extra={"type": graded.type, "rule": graded.entry.rule,
                                                 "fingerprint": graded.fingerprint, "alert_level": graded.entry.level})
@@ -231,3 +244,4 @@ class CenterRuntime:
 
     def close(self) -> None:
         self.release(set(self.partitions))
+        self._committer.shutdown(wait=True)

@@ -18,6 +18,7 @@ import logging
 import threading
 import time
 from collections.abc import Sequence
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -30,7 +31,7 @@ from kdiag.rootcause import Diagnosis, DiagnosisContext, GraphSet, Related, run_
 from kdiag.settings import Settings
 from streams import metrics
 from streams.state import PartitionStore, restore
-from streams.transactions import Output, PartitionTransactions, StateWrite, commit_batch
+from streams.transactions import COMMIT_THREADS, Output, PartitionBatch, PartitionTransactions, StateWrite, commit_batch, commit_partitions
 
 log = logging.getLogger(__name__)
 
@@ -148,12 +149,15 @@ class RootCausePartition:
         raw = self.store.get(NEXT_OFFSET_KEY)
         return RootCauseProcessor(self.settings, self.partition, self.graphs, int(raw) if raw is not None else 0)
 
-    def process(self, records: Sequence[DiagnosisRecord]) -> RootCauseResult:
-        result = RootCauseResult()
+    def batch(self, records: Sequence[DiagnosisRecord]) -> tuple[PartitionBatch, list[RootCauseResult]]:
+        """Return the batch that diagnoses records of this partition, for commit_partitions or
+        commit_batch, and the list that receives each attempt's result: after the commit, its last
+        element is the committed one."""
+        results: list[RootCauseResult] = []
 
         def attempt() -> tuple[list[Output], list[StateWrite]] | None:
-            nonlocal result
             result = RootCauseResult()
+            results.append(result)
             for record in records:
                 self.processor.process(record, result)
             if result.records == 0:
@@ -165,8 +169,13 @@ class RootCausePartition:
         def reload() -> None:
             self.processor = self._load_processor()
 
-        commit_batch(self.transactions, self.store.apply, self.settings.diagnoses_topic, attempt, reload)
-        return result
+        return PartitionBatch(self.transactions, self.settings.diagnoses_topic, attempt, reload, self.store.apply), results
+
+    def process(self, records: Sequence[DiagnosisRecord]) -> RootCauseResult:
+        """Diagnose records of this partition and commit the events in one transaction."""
+        batch, results = self.batch(records)
+        commit_batch(batch)
+        return results[-1]
 
     def close(self) -> None:
         self.transactions.close()
@@ -186,6 +195,7 @@ class RootCauseRuntime:
         self.assigned: set[int] = set()
         self.partitions: dict[int, RootCausePartition] = {}
         self._lock = threading.Lock()
+        self._committer = ThreadPoolExecutor(max_workers=COMMIT_THREADS, thread_name_prefix="kdiag-root-cause-commit")
 
     def assign(self, partitions: set[int]) -> None:
         with self._lock:
@@ -209,14 +219,17 @@ class RootCauseRuntime:
         for record in records:
             by_partition.setdefault(record.partition, []).append(record)
         with self._lock:
+            batches: list[tuple[PartitionBatch, list[RootCauseResult]]] = []
             for partition, partition_records in sorted(by_partition.items()):
                 if partition not in self.assigned:
                     continue
                 runtime = self.partitions.get(partition)
                 if runtime is None:
                     runtime = self.partitions[partition] = RootCausePartition(self.settings, partition, self.graphs)
-                result = runtime.process(partition_records)
-                metrics.DIAGNOSES.inc(result.records)
+                batches.append(runtime.batch(partition_records))
+            commit_partitions([batch for batch, _ in batches], self._committer)
+            for _, results in batches:
+                metrics.DIAGNOSES.inc(results[-1].records)
 
     def next_offsets(self) -> dict[int, int]:
         """Return the next offset of each owned partition, as the committed transactions recorded it."""
@@ -225,3 +238,4 @@ class RootCauseRuntime:
 
     def close(self) -> None:
         self.release(set(self.partitions))
+        self._committer.shutdown(wait=True)

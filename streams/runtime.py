@@ -10,25 +10,23 @@ from __future__ import annotations
 import ctypes
 import logging
 import time
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from typing import Callable, Iterable, Sequence
 
 import orjson
-from confluent_kafka import KafkaException
 
 from kdiag.durations import FIRING_STATUS
-from kdiag.errors import KdiagError
 from kdiag.rules import RuleSet
 from kdiag.settings import Settings
 from streams import metrics
 from streams.cluster_objects import ClusterObjects, encode_key
 from streams.processor import BatchResult, PartitionProcessor
 from streams.state import EntryStore, StoredEntries, restore
-from streams.transactions import PartitionTransactions, TransactionAborted
+from streams.transactions import COMMIT_THREADS, Output, PartitionBatch, PartitionTransactions, StateWrite, commit_batch, commit_partitions
 
 log = logging.getLogger(__name__)
 
-MAX_TRANSACTION_ATTEMPTS = 3
 # Seconds between returns of freed heap memory to the operating system (see release_free_memory).
 TRIM_INTERVAL_SECONDS = 1.0
 
@@ -114,52 +112,53 @@ class PartitionRuntime:
             entry_storage=StoredEntries(self.store),
         )
 
-    def process(self, records: Sequence[InputRecord], rule_set: RuleSet) -> BatchResult:
-        """Process records of this partition with `rule_set` and commit their outputs in one transaction.
+    def batch(self, records: Sequence[InputRecord], rule_set: RuleSet) -> tuple[PartitionBatch, list[BatchResult]]:
+        """Return the batch that processes records of this partition with `rule_set`, for
+        commit_partitions or commit_batch, and the list that receives each attempt's result: after the
+        commit, its last element is the committed one."""
+        results: list[BatchResult] = []
 
-        An aborted transaction is retried from the committed state, up to MAX_TRANSACTION_ATTEMPTS.
-        """
-        for attempt in range(1, MAX_TRANSACTION_ATTEMPTS + 1):
+        def attempt() -> tuple[list[Output], list[StateWrite]] | None:
             result = BatchResult()
-            self.processor.update_rules(rule_set, result)
-            self.processor.recheck_cluster_objects(self.pending_cluster_objects, result)
+            results.append(result)
+            processor = self.processor
+            processor.update_rules(rule_set, result)
+            processor.recheck_cluster_objects(self.pending_cluster_objects, result)
             for record in records:
-                self.processor.process(record.offset, record.value, result)
-            if not self.processor.has_state_writes() and not result.alerts and not result.warning_events:
+                processor.process(record.offset, record.value, result)
+            if not processor.has_state_writes() and not result.alerts and not result.warning_events:
                 self.pending_cluster_objects.clear()
-                return result
-            self.processor.diagnose(result)
-            writes = self.processor.take_state_writes()
+                return None
+            processor.diagnose(result)
+            writes = processor.take_state_writes()
             shared = [
                 (encode_key(key), orjson.dumps(value) if value is not None else None)
-                for key, value in self.processor.cluster_object_writes
+                for key, value in processor.cluster_object_writes
             ]
-            self.processor.cluster_object_writes.clear()
-            try:
-                changelog_offset = self.transactions.commit(
-                    result.encoded_alerts(), result.encoded_dead_letters(), writes, shared, result.diagnoses, result.warning_events
-                )
-            except TransactionAborted:
-                metrics.TRANSACTIONS.labels("aborted").inc()
-                log.warning(
-                    "batch retried after an aborted transaction",
-                    extra={
-                        "topic": self.settings.changes_topic,
-                        "partition": self.partition,
-                        "attempt": f"{attempt}/{MAX_TRANSACTION_ATTEMPTS}",
-                    },
-                )
-                self.processor = self._load_processor()
-                continue
-            metrics.TRANSACTIONS.labels("committed").inc()
+            processor.cluster_object_writes.clear()
+            outputs = self.transactions.rule_outputs(
+                result.encoded_alerts(), result.encoded_dead_letters(), shared, result.diagnoses, result.warning_events
+            )
+            return outputs, writes
+
+        def reload() -> None:
+            self.processor = self._load_processor()
+
+        def apply_writes(writes: Sequence[StateWrite], changelog_offset: int) -> None:
             self.store.apply(writes, changelog_offset)
             self.rule_set = rule_set
             self.pending_cluster_objects.clear()
-            return result
-        raise KdiagError(
-            f"{MAX_TRANSACTION_ATTEMPTS} transactions in a row aborted for "
-            f"{self.settings.changes_topic}[{self.partition}]; check the broker's transaction coordinator"
-        )
+
+        return PartitionBatch(self.transactions, self.settings.changes_topic, attempt, reload, apply_writes), results
+
+    def process(self, records: Sequence[InputRecord], rule_set: RuleSet) -> BatchResult:
+        """Process records of this partition with `rule_set` and commit their outputs in one transaction.
+
+        An aborted transaction is retried from the committed state (streams.transactions.commit_batch).
+        """
+        batch, results = self.batch(records, rule_set)
+        commit_batch(batch)
+        return results[-1]
 
     def close(self) -> None:
         self.transactions.close()
@@ -178,6 +177,8 @@ class WorkerRuntime:
         self.assigned: set[int] = set()
         self.partitions: dict[int, PartitionRuntime] = {}
         self._trimmed_at = time.monotonic()
+        # Runs the partitions' transaction commits, which wait for the broker, in parallel.
+        self._committer = ThreadPoolExecutor(max_workers=COMMIT_THREADS, thread_name_prefix="kdiag-commit")
         if _malloc_trim is None:
             log.info("malloc_trim is not available, so freed memory stays with the C allocator")
 
@@ -214,6 +215,7 @@ class WorkerRuntime:
         by_partition: dict[int, list[InputRecord]] = {}
         for record in records:
             by_partition.setdefault(record.partition, []).append(record)
+        batches: list[tuple[int, PartitionBatch, list[BatchResult]]] = []
         for partition, partition_records in by_partition.items():
             if partition not in self.assigned:
                 # The partition moved to another worker during the batch; that worker processes the
@@ -224,16 +226,10 @@ class WorkerRuntime:
                 runtime = self.partitions[partition] = PartitionRuntime(
                     self.settings, partition, rule_set, self.cluster_objects
                 )
-            try:
-                result = runtime.process(partition_records, rule_set)
-            except KafkaException as error:
-                log.error(
-                    "partition stopped after a fatal transaction error",
-                    extra={"topic": self.settings.changes_topic, "partition": partition, "error": str(error)},
-                )
-                self.release([partition])
-                raise
-            self._count(partition, result)
+            batches.append((partition, *runtime.batch(partition_records, rule_set)))
+        commit_partitions([batch for _, batch, _ in batches], self._committer)
+        for partition, _, results in batches:
+            self._count(partition, results[-1])
         metrics.BATCH_SECONDS.observe(time.perf_counter() - started)
         if time.monotonic() - self._trimmed_at >= TRIM_INTERVAL_SECONDS:
             release_free_memory()
@@ -266,3 +262,4 @@ class WorkerRuntime:
 
     def close(self) -> None:
         self.release(list(self.partitions))
+        self._committer.shutdown(wait=True)

@@ -10,9 +10,9 @@ partition over fences the previous owner and aborts its open transaction.
 from __future__ import annotations
 
 import logging
-from typing import Sequence
-
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
+from concurrent.futures import Executor, Future
+from dataclasses import dataclass
 
 from confluent_kafka import KafkaException, Message, Producer
 
@@ -25,6 +25,8 @@ log = logging.getLogger(__name__)
 Output = tuple[str, bytes | None, bytes | None]  # topic, key, value
 StateWrite = tuple[bytes, bytes | None]
 MAX_TRANSACTION_ATTEMPTS = 3
+# Transactions of one stage's batch that commit at the same time (see commit_partitions).
+COMMIT_THREADS = 8
 
 
 class TransactionAborted(KdiagError):
@@ -71,24 +73,22 @@ class PartitionTransactions:
         elif message.topic() == self.changelog_topic:
             self._changelog_high = max(self._changelog_high, message.offset())
 
-    def commit(
+    def rule_outputs(
         self,
         alerts: Sequence[tuple[bytes, bytes]],
         dead_letters: Sequence[bytes],
-        state_writes: Sequence[tuple[bytes, bytes | None]],
         cluster_objects: Sequence[tuple[bytes, bytes | None]] = (),
         diagnoses: Sequence[tuple[bytes, bytes]] = (),
         events: Sequence[tuple[bytes, bytes]] = (),
-        timeout_seconds: float = 60.0,
-    ) -> int:
-        """Produce one rule-worker batch's outputs in one transaction; see commit_outputs."""
+    ) -> list[Output]:
+        """Return the (topic, key, value) outputs of one rule-stage batch, for commit_outputs."""
         settings = self.settings
         outputs: list[Output] = [(settings.alerts_topic, key, value) for key, value in alerts]
         outputs += [(settings.dead_letter_topic, None, value) for value in dead_letters]
         outputs += [(settings.cluster_objects_topic, key, value) for key, value in cluster_objects]
         outputs += [(settings.diagnoses_topic, key, value) for key, value in diagnoses]
         outputs += [(settings.events_topic, key, value) for key, value in events]
-        return self.commit_outputs(outputs, state_writes, timeout_seconds)
+        return outputs
 
     def commit_outputs(
         self,
@@ -101,6 +101,20 @@ class PartitionTransactions:
 
         Raises TransactionAborted when the transaction had to be aborted, and KafkaException for fatal
         errors such as being fenced by a newer owner of the partition.
+        """
+        self.produce_outputs(outputs, state_writes, timeout_seconds)
+        return self.finish(timeout_seconds)
+
+    def produce_outputs(
+        self,
+        outputs: Sequence[Output],
+        state_writes: Sequence[tuple[bytes, bytes | None]],
+        timeout_seconds: float = 60.0,
+    ) -> None:
+        """Begin a transaction and produce the outputs and changelog writes into it; finish commits it.
+
+        Raises TransactionAborted when the transaction had to be aborted, and KafkaException for fatal
+        errors.
         """
         self._changelog_high = -1
         self._delivery_error = None
@@ -117,64 +131,144 @@ class PartitionTransactions:
                     partition=self.partition,
                     on_delivery=self._on_delivery,
                 )
-            producer.commit_transaction(timeout_seconds)
         except KafkaException as error:
-            kafka_error = error.args[0]
-            if kafka_error.txn_requires_abort():
-                log.warning(
-                    "transaction aborted",
-                    extra={"transactional_id": self.transactional_id, "error": str(kafka_error)},
-                )
-                producer.abort_transaction(timeout_seconds)
-                raise TransactionAborted(f"transaction of {self.transactional_id} aborted: {kafka_error}") from None
+            self._abort_if_required(error, timeout_seconds)
             raise
         except BufferError:
             producer.abort_transaction(timeout_seconds)
             raise TransactionAborted(
                 f"producer queue of {self.transactional_id} is full; lower batch_max_records"
             ) from None
+
+    def finish(self, timeout_seconds: float = 60.0) -> int:
+        """Commit the transaction that produce_outputs opened. Returns the newest changelog offset written.
+
+        Blocks until the broker acknowledged every record and the commit; the GIL is released meanwhile,
+        so the transactions of several partitions can finish in parallel threads.
+        """
+        try:
+            self._producer.commit_transaction(timeout_seconds)
+        except KafkaException as error:
+            self._abort_if_required(error, timeout_seconds)
+            raise
         if self._delivery_error is not None:
             raise KdiagError(f"delivery failed in a committed transaction: {self._delivery_error}")
         return self._changelog_high
+
+    def _abort_if_required(self, error: KafkaException, timeout_seconds: float) -> None:
+        """Abort after an error that requires it, and raise TransactionAborted then."""
+        kafka_error = error.args[0]
+        if kafka_error.txn_requires_abort():
+            log.warning(
+                "transaction aborted",
+                extra={"transactional_id": self.transactional_id, "error": str(kafka_error)},
+            )
+            self._producer.abort_transaction(timeout_seconds)
+            raise TransactionAborted(f"transaction of {self.transactional_id} aborted: {kafka_error}") from None
 
     def close(self) -> None:
         self._producer.flush(5)
 
 
-def commit_batch(
-    transactions: PartitionTransactions,
-    apply_writes: Callable[[Sequence[StateWrite], int], None],
-    topic: str,
-    attempt: Callable[[], tuple[list[Output], list[StateWrite]] | None],
-    reload: Callable[[], None],
-) -> bool:
-    """Commit what `attempt` returns in one transaction, then apply the state writes locally.
+@dataclass(frozen=True)
+class PartitionBatch:
+    """One partition's part of a batch, as commit_partitions and commit_batch take it.
 
-    `attempt` processes a batch from the committed state and returns its outputs and state writes, or
-    None when there is nothing to commit. After an aborted transaction, `reload` restores the
-    committed state and the batch runs again, up to MAX_TRANSACTION_ATTEMPTS times. `apply_writes`
-    gets the writes and the newest changelog offset. Returns whether a transaction committed.
+    `attempt` processes the partition's records from the committed state and returns its outputs and
+    state writes, or None when there is nothing to commit. After an aborted transaction, `reload`
+    restores the committed state before the next attempt. `apply_writes` gets the writes and the
+    newest changelog offset once the transaction committed.
     """
-    partition = transactions.partition
-    for attempt_number in range(1, MAX_TRANSACTION_ATTEMPTS + 1):
-        staged = attempt()
+
+    transactions: PartitionTransactions
+    topic: str
+    attempt: Callable[[], tuple[list[Output], list[StateWrite]] | None]
+    reload: Callable[[], None]
+    apply_writes: Callable[[Sequence[StateWrite], int], None]
+
+
+def commit_batch(batch: PartitionBatch, first_attempt: int = 1) -> bool:
+    """Commit what `batch.attempt` returns in one transaction, then apply the state writes locally.
+
+    An aborted transaction is retried from the committed state, up to MAX_TRANSACTION_ATTEMPTS
+    attempts in all, counting from first_attempt. Returns whether a transaction committed.
+    """
+    for attempt_number in range(first_attempt, MAX_TRANSACTION_ATTEMPTS + 1):
+        staged = batch.attempt()
         if staged is None:
             return False
         outputs, writes = staged
         try:
-            changelog_offset = transactions.commit_outputs(outputs, writes)
+            changelog_offset = batch.transactions.commit_outputs(outputs, writes)
         except TransactionAborted:
-            metrics.TRANSACTIONS.labels("aborted").inc()
-            log.warning(
-                "batch retried after an aborted transaction",
-                extra={"topic": topic, "partition": partition, "attempt": f"{attempt_number}/{MAX_TRANSACTION_ATTEMPTS}"},
-            )
-            reload()
+            _retrying(batch, attempt_number)
             continue
         metrics.TRANSACTIONS.labels("committed").inc()
-        apply_writes(writes, changelog_offset)
+        batch.apply_writes(writes, changelog_offset)
         return True
     raise KdiagError(
-        f"{MAX_TRANSACTION_ATTEMPTS} transactions in a row aborted for {topic}[{partition}]; "
+        f"{MAX_TRANSACTION_ATTEMPTS} transactions in a row aborted for {batch.topic}[{batch.transactions.partition}]; "
         f"check the broker's transaction coordinator"
     )
+
+
+def commit_partitions(batches: Sequence[PartitionBatch], executor: Executor) -> list[bool]:
+    """Commit the batches of several partitions, each in its partition's transaction.
+
+    The attempts run in order in the calling thread. Each transaction's commit, which waits for the
+    broker, runs in `executor` as soon as its records are produced, so the waits of all partitions
+    overlap with each other and with the attempts of the next partitions. A partition whose
+    transaction aborted runs again alone through commit_batch. Returns, per batch, whether a
+    transaction committed. A fatal KafkaException is raised after every commit ended.
+    """
+    committed = [False] * len(batches)
+    pending: list[tuple[int, list[StateWrite], Future[int]]] = []
+    retry: list[int] = []
+    for index, batch in enumerate(batches):
+        staged = batch.attempt()
+        if staged is None:
+            continue
+        outputs, writes = staged
+        try:
+            batch.transactions.produce_outputs(outputs, writes)
+        except TransactionAborted:
+            retry.append(index)
+            continue
+        pending.append((index, writes, executor.submit(batch.transactions.finish)))
+    fatal: BaseException | None = None
+    for index, writes, future in pending:
+        batch = batches[index]
+        try:
+            changelog_offset = future.result()
+        except TransactionAborted:
+            retry.append(index)
+            continue
+        except KafkaException as error:
+            log.error(
+                "transaction failed",
+                extra={"topic": batch.topic, "partition": batch.transactions.partition, "error": str(error)},
+            )
+            fatal = fatal or error
+            continue
+        metrics.TRANSACTIONS.labels("committed").inc()
+        batch.apply_writes(writes, changelog_offset)
+        committed[index] = True
+    if fatal is not None:
+        raise fatal
+    for index in sorted(retry):
+        _retrying(batches[index], 1)
+        committed[index] = commit_batch(batches[index], first_attempt=2)
+    return committed
+
+
+def _retrying(batch: PartitionBatch, attempt_number: int) -> None:
+    metrics.TRANSACTIONS.labels("aborted").inc()
+    log.warning(
+        "batch retried after an aborted transaction",
+        extra={
+            "topic": batch.topic,
+            "partition": batch.transactions.partition,
+            "attempt": f"{attempt_number}/{MAX_TRANSACTION_ATTEMPTS}",
+        },
+    )
+    batch.reload()
