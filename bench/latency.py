@@ -15,7 +15,7 @@ A read_committed consumer in this process notes when each alert arrives.
 
 The worker runs the starter pack plus the two rules of this benchmark, from a temp folder, on
 Pods of the load generator's shape (about 9 KiB of JSON). Both clocks are this machine's wall clock.
-The producer lingers KDIAG's linger_seconds (50 ms) unless --linger is given, as `kdiag watch` does,
+The producer lingers KDIAG's producer_linger_seconds (5 ms) unless --linger is given, as `kdiag watch` does,
 and --commit-interval sets how long the worker waits to fill a batch.
 """
 
@@ -144,7 +144,7 @@ def run(args: argparse.Namespace, broker: Broker) -> dict[str, Any]:
         raise BenchError(f"--spread ({args.spread} s) must be shorter than --duration ({args.duration} s)")
     overrides: dict[str, Any] = {}
     if args.linger is not None:
-        overrides["linger_seconds"] = args.linger
+        overrides["producer_linger_seconds"] = args.linger
     topics = make_topics(broker.bootstrap_servers, "latency", args.partitions, **overrides)
     settings = topics.settings
     rules_dir = Path(tempfile.mkdtemp(prefix="rules-", dir=topics.work_dir))
@@ -194,7 +194,7 @@ def run(args: argparse.Namespace, broker: Broker) -> dict[str, Any]:
         "tick_interval_seconds": TICK_INTERVAL_SECONDS,
         "partitions": args.partitions,
         "rule_duration_seconds": args.duration,
-        "producer_linger_seconds": settings.linger_seconds,
+        "producer_linger_seconds": settings.producer_linger_seconds,
         "worker_commit_interval_seconds": args.commit_interval if args.commit_interval is not None else Settings().commit_interval_seconds,
     }
     lines = [
@@ -299,7 +299,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--partitions", type=int, default=6, help="partitions of the changes topic (default 6)")
     parser.add_argument("--seed", type=int, default=1, help="seed of the send times (default 1)")
     parser.add_argument(
-        "--linger", type=float, help="linger of this benchmark's producer in seconds (default: KDIAG's linger_seconds, 0.05)"
+        "--linger", type=float, help="linger of this benchmark's producer in seconds (default: KDIAG's producer_linger_seconds, 0.005)"
     )
     parser.add_argument(
         "--commit-interval",

@@ -104,7 +104,7 @@ def producer_config(settings: Settings, delivery_timeout_seconds: float) -> dict
         # producer agree on the partition of every key.
         "partitioner": "murmur2_random",
         "compression.type": "none",
-        "linger.ms": settings.linger_seconds * 1000,
+        "linger.ms": settings.producer_linger_seconds * 1000,
         "message.max.bytes": settings.max_record_bytes + PRODUCER_MESSAGE_MARGIN_BYTES,
         "message.timeout.ms": int(delivery_timeout_seconds * 1000),
         # A missing topic is an error here: auto-creation would give it the broker's partition count.

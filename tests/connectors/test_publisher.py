@@ -242,13 +242,13 @@ def test_same_input_gives_identical_records():
 
 
 def test_producer_config():
-    settings = Settings(bootstrap_servers="127.0.0.1:1", linger_seconds=0.05)
+    settings = Settings(bootstrap_servers="127.0.0.1:1", linger_seconds=0.05, producer_linger_seconds=0.005)
     config = producer_config(settings, 30.0)
     assert config["enable.idempotence"] is True
     assert config["acks"] == "all"
     assert config["partitioner"] == "murmur2_random"
     assert config["compression.type"] == "none"
-    assert config["linger.ms"] == pytest.approx(50.0)
+    assert config["linger.ms"] == pytest.approx(5.0)
     assert config["bootstrap.servers"] == "127.0.0.1:1"
     assert "transactional.id" not in config
 
