@@ -21,7 +21,8 @@ run, from /proc, which is less sensitive to other load on a shared machine than 
 worker, the same counters give the records per batch and per transaction and the share of the time
 it spent inside batches rather than waiting for records.
 With --profile, py-spy samples the worker and the bare loop during one more run each with 100 rules
-(py-spy slows them down, so those runs' rates are not the figures above).
+(py-spy slows them down, so those runs' rates are not the figures above). It samples the thread that
+holds the GIL, whichever it is, so the profile shows where the Python CPU time went.
 """
 
 from __future__ import annotations
@@ -317,7 +318,7 @@ class _PySpy:
         self.process = subprocess.Popen(
             [
                 str(PY_SPY), "record", "--pid", str(pid), "--rate", str(PROFILE_RATE_HZ), "--format", "raw",
-                "--output", str(output), "--nonblocking", "--threads", "--idle", "--duration", "3600",
+                "--output", str(output), "--nonblocking", "--threads", "--gil", "--duration", "3600",
             ],
             stdout=subprocess.DEVNULL,
             stderr=subprocess.PIPE,
@@ -497,10 +498,12 @@ def _frame_name(frame: str) -> str:
 
 @dataclass
 class Profile:
-    """The main thread's stacks of a py-spy raw profile taken with --threads --idle.
+    """The stacks of a py-spy raw profile taken with --threads --gil, of every thread.
 
-    Samples of an idle thread count too, so the shares are of wall time: time the main thread spent
-    waiting for Kafka shows up in the frames that wait. Frames are shortened by _frame_name.
+    py-spy samples only the thread that holds the GIL, so the shares are of the time the process ran
+    Python code, in whichever thread: the worker processes its batches in asyncio.to_thread worker
+    threads, and waits without the GIL. C code that releases the GIL (RocksDB writes, librdkafka) is
+    missing. Frames are shortened by _frame_name, and the thread names are dropped.
     """
 
     stacks: list[tuple[list[str], int]]
@@ -508,7 +511,7 @@ class Profile:
     changes: int
 
     @classmethod
-    def read(cls, raw_path: Path, changes: int, thread: str = "MainThread") -> "Profile":
+    def read(cls, raw_path: Path, changes: int) -> "Profile":
         stacks = []
         samples = 0
         for line in raw_path.read_text(errors="replace").splitlines():
@@ -516,7 +519,7 @@ class Profile:
             frames = stack.split(";")
             # With --threads the first frame is "thread (<id>): <name>". A line without a sample
             # count at its end, such as one cut short when py-spy stopped, is skipped.
-            if not count_text.isdigit() or not frames[0].startswith("thread (") or not frames[0].endswith(f": {thread}"):
+            if not count_text.isdigit() or not frames[0].startswith("thread ("):
                 continue
             count = int(count_text)
             stacks.append(([_frame_name(frame) for frame in frames[1:]] or ["(no Python frame)"], count))
@@ -557,7 +560,7 @@ class Profile:
 # Parts of the worker's and the bare loop's work, as (label, start of a shortened py-spy frame).
 # orjson.loads and other C calls have no frame of their own: their time is the own time of the caller.
 PROFILE_AREAS = [
-    ("event loop waiting (selector)", "EpollSelector.select (selectors.py)"),
+    ("Faust's event loop", "BaseEventLoop._run_once (asyncio/base_events.py)"),
     ("Faust fetch (Consumer.getmany)", "Consumer.getmany (faust/transport/consumer.py)"),
     ("agent: WorkerRuntime.process", "WorkerRuntime.process (streams/runtime.py)"),
     ("bare loop: run (the whole loop)", "run (bench/bare_loop.py)"),
@@ -569,7 +572,10 @@ PROFILE_AREAS = [
     ("DurationTracker.observe", "DurationTracker.observe (kdiag/durations.py)"),
     ("take_state_writes", "PartitionProcessor.take_state_writes (streams/processor.py)"),
     ("alert encoding", "BatchResult.encoded_alerts (streams/processor.py)"),
-    ("Kafka transaction commit", "PartitionTransactions.commit (streams/transactions.py)"),
+    ("Kafka transaction produce", "PartitionTransactions.produce_outputs (streams/transactions.py)"),
+    ("Kafka transaction commit", "PartitionTransactions.finish (streams/transactions.py)"),
+    ("root-cause stage", "RootCauseRuntime.process (streams/root_cause.py)"),
+    ("alert center stage", "CenterRuntime.process (streams/center.py)"),
     ("RocksDB batch write (PartitionStore.apply)", "PartitionStore.apply (streams/state.py)"),
     ("RocksDB reads (PartitionStore.get)", "PartitionStore.get (streams/state.py)"),
     ("metrics and alert logs (WorkerRuntime._count)", "WorkerRuntime._count (streams/runtime.py)"),
@@ -654,11 +660,11 @@ def _measure(args: argparse.Namespace, filled: Prefill) -> dict[str, Any]:
     lines += [f"profile failed: {error}" for error in profile_errors]
     for label, profile in profiles.items():
         lines.append(
-            f"{label} profile, {RULE_COUNT} rules, main thread: {profile.samples} samples at {PROFILE_RATE_HZ} Hz "
-            f"(wall time, idle included); top functions by own time:"
+            f"{label} profile, {RULE_COUNT} rules, every thread: {profile.samples} samples at {PROFILE_RATE_HZ} Hz "
+            f"of the thread holding the GIL; top functions by own time:"
         )
         lines += [f"  {entry.line()}" for entry in profile.top()]
-        lines.append(f"{label} profile by area (share of the main thread's wall time, inclusive):")
+        lines.append(f"{label} profile by area (share of the time holding the GIL, inclusive):")
         lines += [f"  {entry.total_percent:5.1f}% {entry.total_us_per_change:6.1f} µs/change  {entry.function}" for entry in profile.areas(PROFILE_AREAS)]
     figures = {
         "changes": filled.changes,
