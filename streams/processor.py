@@ -26,7 +26,7 @@ from kdiag.rules.kinds import CLUSTER_SCOPED_KINDS
 from kdiag.rules.references import ExtractedReferences
 from kdiag.rules.schedule import next_check_ms
 from streams.references import DYNAMIC_TARGET_KINDS, ObjectKey, ReferencePlan, ReferenceStore, strip_for_storage
-from streams.related_objects import RelatedTable
+from streams.related_objects import TABLE_KINDS, RelatedTable
 from kdiag.errors import DecodeError, KdiagError
 from kdiag.rules import RuleSet
 from streams.state import NEXT_OFFSET_KEY, StateWrite, clock_state_key, entry_state_key
@@ -39,6 +39,12 @@ DEAD_LETTER = codec("DeadLetter")
 DIAGNOSIS = codec("Diagnosis")
 EVENT = codec("Event")
 MAX_DEAD_LETTER_PAYLOAD_BYTES = 65_536
+# Referrer kinds whose related-table projection keeps everything rules read except the
+# resourceVersion. Their referrers are stored as a table key and a resourceVersion, not a second copy.
+# The table strips Secret and ConfigMap values and Node heartbeats and images.
+REFERRERS_IN_TABLE = TABLE_KINDS - {"ConfigMap", "Secret", "Node"}
+# The field of a stored referrer that contains (kind, namespace, name) of its table projection.
+TABLE_KEY_FIELD = "tableKey"
 # A diagnosis larger than this goes out without its related objects, so that it fits a Kafka record.
 MAX_DIAGNOSIS_BYTES = 512 * 1024
 
@@ -269,7 +275,7 @@ class PartitionProcessor:
         if reference_rules:
             self._remember_referrer(ref, obj, reference_rules, extracted)
         elif periodic_rules:
-            self.references.put_referrer(cluster, ref.uid, strip_for_storage(obj))
+            self._store_referrer(ref, obj)
         for rule in periodic_rules:
             self._schedule(cluster, ref.uid, rule, time_ms)
         return matched
@@ -362,7 +368,30 @@ class PartitionProcessor:
                     namespace = "" if reference.kind in CLUSTER_SCOPED_KINDS else reference.namespace
                     keys.add((ref.cluster, reference.kind, namespace, reference.name))
         self.references.set_references(ref.cluster, ref.uid, keys)
-        self.references.put_referrer(ref.cluster, ref.uid, strip_for_storage(obj))
+        self._store_referrer(ref, obj)
+
+    def _store_referrer(self, ref: ObjectRef, obj: dict[str, Any]) -> None:
+        """Keep the object for reference rechecks and periodic checks: the object itself, or for a kind
+        of REFERRERS_IN_TABLE the key of its table projection and its resourceVersion."""
+        if ref.kind in REFERRERS_IN_TABLE:
+            pointer = {TABLE_KEY_FIELD: [ref.kind, ref.namespace, ref.name], "resourceVersion": ref.resource_version}
+            self.references.put_referrer(ref.cluster, ref.uid, pointer)
+        else:
+            self.references.put_referrer(ref.cluster, ref.uid, strip_for_storage(obj))
+
+    def _stored_referrer(self, cluster: str, uid: str) -> dict[str, Any] | None:
+        """Return the object that _store_referrer kept, or None when it is gone."""
+        stored = self.references.referrer(cluster, uid)
+        if stored is None or TABLE_KEY_FIELD not in stored:
+            return stored
+        kind, namespace, name = stored[TABLE_KEY_FIELD]
+        obj = self.related.get((cluster, kind, namespace, name))
+        if obj is None:
+            return None
+        metadata = obj.get("metadata")
+        if isinstance(metadata, dict):
+            metadata["resourceVersion"] = stored["resourceVersion"]
+        return obj
 
     def _forget_referrer(self, cluster: str, uid: str) -> None:
         self.references.set_references(cluster, uid, set())
@@ -372,7 +401,7 @@ class PartitionProcessor:
         """Evaluate the reference rules of every object that refers to a referenced object that changed."""
         events: list[AlertEvent] = []
         for cluster, uid in self.references.referrers_of(referenced):
-            obj = self.references.referrer(cluster, uid)
+            obj = self._stored_referrer(cluster, uid)
             if obj is None:
                 continue
             rules = [rule for rule in self._reference_rules(obj.get("kind", "")) if rule.every_seconds is None]
@@ -396,11 +425,12 @@ class PartitionProcessor:
         """Schedule the periodic checks of stored objects, from each cluster's clock, after a restart."""
         if not any(rule.every_seconds is not None for rule in self.rule_set):
             return
-        for cluster, uid, obj in self.references.stored_objects():
+        for cluster, uid, stored in self.references.stored_objects():
             after_ms = self.tracker.clock(cluster)
             if after_ms is None:
                 continue
-            for rule in self.rule_set.rules_for_kind(obj.get("kind", "")):
+            kind = stored[TABLE_KEY_FIELD][0] if TABLE_KEY_FIELD in stored else stored.get("kind", "")
+            for rule in self.rule_set.rules_for_kind(kind):
                 if rule.every_seconds is not None:
                     self._schedule(cluster, uid, rule, after_ms)
 
@@ -415,7 +445,7 @@ class PartitionProcessor:
             due_ms, uid, rule_name = heapq.heappop(heap)
             self._scheduled.discard((cluster, uid, rule_name))
             rule = self.rule_set.get(rule_name)
-            obj = self.references.referrer(cluster, uid)
+            obj = self._stored_referrer(cluster, uid)
             if rule is None or rule.every_seconds is None or obj is None:
                 continue  # The rule or the object is gone: the check ends with it.
             result.alerts.extend(self._evaluate_stored(cluster, uid, obj, [rule], due_ms))

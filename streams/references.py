@@ -7,7 +7,9 @@ worker keeps three things in RocksDB and the changelog, each written only when i
   identity, labels, Secret or ConfigMap key names (never values), `type`, and the top-level sections
   that reference conditions read, such as `subsets` of Endpoints;
 - for each object of a kind that has reference rules (the referrer), the object itself, without
-  managedFields, so that its rules can run again when a referenced object changes;
+  managedFields, so that its rules can run again when a referenced object changes. The processor
+  stores only a key and the resourceVersion for kinds whose whole object the related-object table
+  (streams/related_objects.py) keeps already;
 - what each referrer refers to, and an index from each referenced object to its referrers, read by
   prefix scan.
 

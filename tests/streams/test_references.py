@@ -17,12 +17,12 @@ CHANGE_BATCH = codec("ChangeBatch")
 T0 = 1_600_000_000_000
 
 
-def record(obj: dict, time_ms: int, change_type: str = "ADDED", cluster: str = "c1") -> bytes:
+def record(obj: dict, time_ms: int, change_type: str = "ADDED", cluster: str = "c1", resource_version: str = "1") -> bytes:
     metadata = obj["metadata"]
     change = {
         "cluster": cluster, "apiVersion": obj.get("apiVersion", "v1"), "kind": obj["kind"],
         "namespace": metadata.get("namespace", ""), "name": metadata["name"], "uid": metadata["uid"],
-        "resourceVersion": "1", "changeType": change_type, "observedTime": time_ms, "object": orjson.dumps(obj),
+        "resourceVersion": resource_version, "changeType": change_type, "observedTime": time_ms, "object": orjson.dumps(obj),
     }
     return CHANGE_BATCH.encode({"changes": [change], "tick": None})
 
@@ -166,6 +166,26 @@ def test_restart_keeps_references_and_dependents():
     harness.restart()
     harness.feed(record(config_map("site"), T0 + 90_000))
     assert harness.transitions()[-1] == ("RESOLVED", "PodConfigMapMissing", "recovered")
+
+
+def test_pod_referrer_stored_as_table_key():
+    harness = Harness()
+    harness.feed(record(pod_reading(config_map="site"), T0))
+
+    stored = orjson.loads(harness.state[b"a\x1fc1\x1fpod-1"])
+
+    assert stored == {"tableKey": ["Pod", "team-a", "web-0"], "resourceVersion": "1"}
+
+
+def test_recheck_reports_latest_resource_version():
+    harness = Harness()
+    harness.feed(record(pod_reading(config_map="site"), T0))
+    harness.feed(record(pod_reading(config_map="site"), T0 + 1_000, change_type="MODIFIED", resource_version="7"))
+    harness.feed(tick(T0 + 60_000))
+    harness.feed(record(config_map("site"), T0 + 90_000))
+
+    assert harness.transitions() == [("FIRING", "PodConfigMapMissing", ""), ("RESOLVED", "PodConfigMapMissing", "recovered")]
+    assert harness.alerts[1]["resourceVersion"] == "7"
 
 
 def test_deleted_config_map_makes_referrer_pending():
