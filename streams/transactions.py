@@ -121,16 +121,18 @@ class PartitionTransactions:
         producer = self._producer
         try:
             producer.begin_transaction()
+            # A record that fails makes commit_transaction fail, so only the last changelog record,
+            # whose offset the state needs, reports its delivery.
             for topic, key, value in outputs:
-                producer.produce(topic, value=value, key=key, on_delivery=self._on_delivery)
-            for key, value in state_writes:
-                producer.produce(
-                    self.changelog_topic,
-                    value=value,
-                    key=key,
-                    partition=self.partition,
-                    on_delivery=self._on_delivery,
-                )
+                producer.produce(topic, value=value, key=key)
+            last = len(state_writes) - 1
+            changelog = self.changelog_topic
+            partition = self.partition
+            for index, (key, value) in enumerate(state_writes):
+                if index == last:
+                    producer.produce(changelog, value=value, key=key, partition=partition, on_delivery=self._on_delivery)
+                else:
+                    producer.produce(changelog, value=value, key=key, partition=partition)
         except KafkaException as error:
             self._abort_if_required(error, timeout_seconds)
             raise
