@@ -8,6 +8,7 @@ The caller owns the state, feeds every partition's inputs in order, and persists
 from __future__ import annotations
 
 import copy
+import math
 from collections.abc import Callable, Mapping
 from typing import Any
 
@@ -178,20 +179,27 @@ class AlertCenter:
         without a source (resolveReason "expired", resolvedAt the expiry time).
 
         Call it when the partition's event time advances, e.g. on every batch with its newest
-        observedTime. It checks every firing alert, in fingerprint order.
+        observedTime. Once the earliest expiry passed, it checks every firing alert, in fingerprint
+        order.
         """
         if now_ms is None:
             if self._clock is None:
                 raise ValueError("advance() needs now_ms when the AlertCenter has no clock")
             now_ms = self._clock()
+        if state.next_expiry_ms is not None and now_ms < state.next_expiry_ms:
+            return []
         outputs: list[GradedAlert] = []
+        next_expiry_ms = math.inf
         for fingerprint in sorted(state.alerts):
             entry = state.alerts[fingerprint]
-            expired = {
-                name: member.expires_at_ms
-                for name, member in entry.members.items()
-                if member.expires_at_ms is not None and member.expires_at_ms <= now_ms
-            }
+            expired = {}
+            for name, member in entry.members.items():
+                if member.expires_at_ms is None:
+                    continue
+                if member.expires_at_ms <= now_ms:
+                    expired[name] = member.expires_at_ms
+                else:
+                    next_expiry_ms = min(next_expiry_ms, member.expires_at_ms)
             if not expired:
                 continue
             for name in expired:
@@ -201,6 +209,7 @@ class AlertCenter:
                 continue
             resolved_at = max(expiry for expiry in expired.values() if expiry is not None)
             outputs.extend(self._resolve(entry, now_ms, resolved_at, RESOLVE_REASON_EXPIRED, state))
+        state.next_expiry_ms = next_expiry_ms
         return outputs
 
     # Transitions
@@ -306,14 +315,16 @@ class AlertCenter:
         if entry.tenant and entry.tenant not in rule.tenants:
             rule.tenants[entry.tenant] = now
             affected_more = True
-        if affected_more:
-            self._escalate(rule, now)
+        escalated = affected_more and self._escalate(rule, now)
 
         entry.level = level_of(entry.base_level, rule)
         entry.level_reason = rule.escalation_reason if entry.level != entry.base_level else ""
         state.put_rule(rule)
 
         outputs = [self._graded(FIRING, now, entry, state)]
+        if not escalated:
+            # The other alerts' levels follow from the rule's escalation, which did not change.
+            return outputs
         for fingerprint in rule.firing:
             other = state.alerts.get(fingerprint)
             if other is None or other is entry:
@@ -329,8 +340,9 @@ class AlertCenter:
             outputs.append(self._graded(LEVEL_CHANGED, now, other, state, previous_level=previous_level))
         return outputs
 
-    def _escalate(self, rule: RuleEntry, now: int) -> None:
-        """Raise the rule's escalation to the most severe that the met thresholds give.
+    def _escalate(self, rule: RuleEntry, now: int) -> bool:
+        """Raise the rule's escalation to the most severe that the met thresholds give. Returns whether
+        it changed.
 
         Escalation only rises during an episode; it drops back when the episode ends. The previous
         window has the length of the episode so far and ends where the episode started.
@@ -361,7 +373,7 @@ class AlertCenter:
         for threshold in met:
             fixed_level = more_severe(fixed_level, threshold.level)
         if (raise_levels, fixed_level) == (rule.raise_levels, rule.fixed_level):
-            return
+            return False
         rule.raise_levels = raise_levels
         rule.fixed_level = fixed_level
         rule.escalation_reason = (
@@ -369,6 +381,7 @@ class AlertCenter:
             f"up from {previous} in the previous {format_duration_ms(window_ms)}; "
             + ", ".join(threshold.describe() for threshold in met)
         )
+        return True
 
     def _prune_history(self, rule: RuleEntry, now: int) -> None:
         horizon = now - self._config.escalation_history_ms

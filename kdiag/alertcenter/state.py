@@ -123,12 +123,19 @@ class AlertCenterState:
         self.alerts: dict[str, AlertEntry] = {}
         self.rules: dict[str, RuleEntry] = {}
         self.dirty: set[str] = set()
+        # No member of an alert expires before this time (math.inf: none expires). None: not known,
+        # so AlertCenter.advance checks every alert and sets it.
+        self.next_expiry_ms: float | None = None
 
     # Changes
 
     def put_alert(self, entry: AlertEntry) -> None:
         self.alerts[entry.fingerprint] = entry
         self.dirty.add(entry.key)
+        if self.next_expiry_ms is not None:
+            for member in entry.members.values():
+                if member.expires_at_ms is not None and member.expires_at_ms < self.next_expiry_ms:
+                    self.next_expiry_ms = member.expires_at_ms
 
     def delete_alert(self, fingerprint: str) -> None:
         self.alerts.pop(fingerprint, None)
@@ -177,6 +184,7 @@ class AlertCenterState:
             values = _load(key, data)
             values["members"] = {name: Member(**member) for name, member in values["members"].items()}
             self.alerts[fingerprint] = AlertEntry(**values)
+            self.next_expiry_ms = None
         elif key.startswith(RULE_PREFIX):
             rule = key[len(RULE_PREFIX):]
             if data is None:

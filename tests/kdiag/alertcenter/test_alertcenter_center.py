@@ -483,3 +483,50 @@ def test_changed_keys_per_input():
     changes = state.take_changes()
     assert all(value is None for key, value in changes.items() if key.startswith("alert/"))
     assert changes["rule/PodImagePullFailing"] is not None  # The episode's applications stay as history.
+
+
+def pod_warning(pod: str, minute: int):
+    return kubernetes_event_to_event(
+        {
+            "kind": "Event",
+            "type": "Warning",
+            "metadata": {"uid": f"ev-{pod}-{minute}"},
+            "involvedObject": {"kind": "Pod", "namespace": "shop", "name": pod, "uid": f"uid-{pod}"},
+            "reason": "BackOff",
+            "lastTimestamp": format_time_ms(T0 + minute * MINUTE_MS),
+        },
+        cluster="c1",
+    )
+
+
+def test_late_warning_expires_before_earlier_scan_bound():
+    center = AlertCenter(AlertCenterConfig.from_mapping({"staleAfter": "15m"}))
+    state = AlertCenterState()
+
+    records = run(
+        center,
+        state,
+        [
+            pod_warning("web-1", 5),
+            ("advance", T0 + 6 * MINUTE_MS),
+            # Delivered late: seen at minute 1, so it expires at minute 16, before web-1 at minute 20.
+            pod_warning("api-1", 1),
+            ("advance", T0 + 16 * MINUTE_MS),
+        ],
+    )
+
+    assert [record["type"] for record in records] == ["FIRING", "FIRING", "RESOLVED"]
+    assert records[2]["resolvedAt"] == T0 + 16 * MINUTE_MS
+    assert records[2]["fingerprint"] == records[1]["fingerprint"]
+
+
+def test_restored_state_expires_warnings():
+    center = AlertCenter(AlertCenterConfig.from_mapping({"staleAfter": "15m"}))
+    state = AlertCenterState()
+    run(center, state, [pod_warning("web-1", 0), ("advance", T0 + MINUTE_MS)])
+    restored = AlertCenterState.restore([(key, state.to_bytes(key)) for key in state.keys()])
+
+    records = run(center, restored, [("advance", T0 + 15 * MINUTE_MS)])
+
+    assert [record["type"] for record in records] == ["RESOLVED"]
+    assert records[0]["resolveReason"] == "expired"
