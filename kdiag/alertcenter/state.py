@@ -9,7 +9,7 @@ caller last took them; a key whose entry is gone is to be deleted.
 from __future__ import annotations
 
 from collections.abc import Iterable, Iterator
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from typing import Any
 
 import orjson
@@ -71,6 +71,21 @@ class AlertEntry:
     @property
     def key(self) -> str:
         return ALERT_PREFIX + self.fingerprint
+
+    def snapshot(self) -> "AlertEntry":
+        """Return a copy that later changes of this entry leave alone.
+
+        The containers that the center changes in place (members, reasons) are copied, and so are
+        labels and annotations. Members and root_cause are shared, because the center replaces them
+        and never changes them in place.
+        """
+        return replace(
+            self,
+            members=dict(self.members),
+            reasons=list(self.reasons),
+            labels=dict(self.labels),
+            annotations=dict(self.annotations),
+        )
 
     def add_reason(self, reason: str) -> None:
         self.reason = reason

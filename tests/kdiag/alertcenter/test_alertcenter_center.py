@@ -530,3 +530,16 @@ def test_restored_state_expires_warnings():
 
     assert [record["type"] for record in records] == ["RESOLVED"]
     assert records[0]["resolveReason"] == "expired"
+
+
+def test_graded_alert_keeps_its_entry_after_repeat():
+    center = AlertCenter()
+    state = AlertCenterState()
+    first = center.process(pod_warning("web-1", 0), state)
+
+    center.process(pod_warning("web-1", 1), state)
+    record = first[0].to_avro()
+
+    assert record["count"] == 1
+    assert record["reasons"] == ["BackOff"]
+    assert state.alerts[record["fingerprint"]].count == 2
