@@ -169,6 +169,7 @@ def run(args: argparse.Namespace, broker: Broker) -> dict[str, Any]:
             _tick(publisher, settings.cluster, sent)
             time.sleep(TICK_INTERVAL_SECONDS)
         arrivals = dict(listener.arrivals)
+        stage_batches = _stage_batches(worker.metrics() or {})
     finally:
         if listener is not None:
             listener.stop()
@@ -196,11 +197,17 @@ def run(args: argparse.Namespace, broker: Broker) -> dict[str, Any]:
         "rule_duration_seconds": args.duration,
         "producer_linger_seconds": settings.producer_linger_seconds,
         "worker_commit_interval_seconds": args.commit_interval if args.commit_interval is not None else Settings().commit_interval_seconds,
+        "stage_batches": stage_batches,
     }
     lines = [
         _line("after the deadline (tick produce to alert)", figures["after_deadline"]),
         _line("immediate rules (change produce to alert)", figures["immediate"]),
     ]
+    for stage, batches in stage_batches.items():
+        lines.append(
+            f"{stage} batches: {batches['batches']:.0f}, mean {batches['mean_ms']:.1f} ms, "
+            f"{batches['over_100ms']:.0f} over 100 ms, {batches['over_250ms']:.0f} over 250 ms"
+        )
     if missing:
         lines.append(
             f"{missing} alerts did not arrive within {WAIT_AFTER_LAST_DEADLINE_SECONDS:.0f} s of the last deadline; "
@@ -208,6 +215,36 @@ def run(args: argparse.Namespace, broker: Broker) -> dict[str, Any]:
         )
     report("latency", lines, figures)
     return figures
+
+
+# The worker's batch histograms per stage: rule stage, root-cause stage, alert center.
+STAGE_HISTOGRAMS = {
+    "rule stage": ("kdiag_worker_batch_seconds", ""),
+    "root-cause stage": ("kdiag_worker_stage_batch_seconds", 'stage="root-cause"'),
+    "alert center": ("kdiag_worker_stage_batch_seconds", 'stage="alert-center"'),
+}
+
+
+def _stage_batches(samples: dict[str, float]) -> dict[str, dict[str, float]]:
+    """Return each stage's batch count, mean duration and batches over 100 and 250 ms, from the
+    worker's histograms over the whole run, warm-up included."""
+    stages = {}
+    for stage, (name, label) in STAGE_HISTOGRAMS.items():
+        labels = "{" + label + "}" if label else ""
+        count = samples.get(f"{name}_count{labels}", 0.0)
+        if not count:
+            continue
+        total = samples.get(f"{name}_sum{labels}", 0.0)
+        suffix = "," + label if label else ""
+        within_100ms = samples.get(f'{name}_bucket{{le="0.1"{suffix}}}', count)
+        within_250ms = samples.get(f'{name}_bucket{{le="0.25"{suffix}}}', count)
+        stages[stage] = {
+            "batches": count,
+            "mean_ms": round(total / count * 1000, 2),
+            "over_100ms": count - within_100ms,
+            "over_250ms": count - within_250ms,
+        }
+    return stages
 
 
 def _line(label: str, stats: dict[str, float]) -> str:

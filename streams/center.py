@@ -216,6 +216,7 @@ class CenterRuntime:
                 runtime.close()
 
     def process(self, records: Sequence[CenterRecord]) -> None:
+        started = time.perf_counter()
         by_partition: dict[int, list[CenterRecord]] = {}
         for record in records:
             by_partition.setdefault(record.partition, []).append(record)
@@ -233,6 +234,7 @@ class CenterRuntime:
                 metrics.MTTX.observe(graded.to_avro())
                 log.info("graded alert", extra={"type": graded.type, "rule": graded.entry.rule,
                                                 "fingerprint": graded.fingerprint, "alert_level": graded.entry.level})
+        metrics.STAGE_BATCH_SECONDS.labels("alert-center").observe(time.perf_counter() - started)
 
     def next_offsets(self) -> dict[tuple[str, int], int]:
         """Return the next offset of each owned (topic, partition), as the committed transactions recorded it."""

@@ -16,7 +16,13 @@ ENTRIES = Gauge("kdiag_worker_entries", "Active rule entries", ["state"])
 PARTITIONS = Gauge("kdiag_worker_partitions", "Changes-topic partitions this worker owns")
 BATCH_SECONDS = Histogram(
     "kdiag_worker_batch_seconds",
-    "Time to process and commit one batch",
+    "Time to process and commit one batch of the rule stage",
+    buckets=(0.001, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5),
+)
+STAGE_BATCH_SECONDS = Histogram(
+    "kdiag_worker_stage_batch_seconds",
+    "Time to process and commit one batch of the root-cause or alert-center stage",
+    ["stage"],
     buckets=(0.001, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5),
 )
 DIAGNOSES = Counter("kdiag_worker_diagnoses_total", "Diagnoses-topic records the root-cause stage processed")

@@ -184,3 +184,4 @@ def test_flapping_reasons_stay_one_alert(pipeline):
     with direct.open(f"http://127.0.0.1:{metrics_port}/metrics", timeout=10) as response:
         exposition = response.read().decode()
     assert 'kdiag_alertcenter_mttr_seconds_sum{level="P3",rule="PodImagePullError"} 600.0' in exposition
+    assert 'kdiag_worker_stage_batch_seconds_count{stage="alert-center"}' in exposition
