@@ -33,15 +33,31 @@ MAX_TRANSACTION_ATTEMPTS = 3
 TRIM_INTERVAL_SECONDS = 1.0
 
 
-def _find_malloc_trim() -> Callable[[int], int] | None:
-    """Return glibc's malloc_trim, or None where the C library has none (musl, macOS)."""
+# Blocks of this size or more get their own mmap, which free() returns to the operating system at
+# once. glibc's default is 128 KiB, raised up to 32 MiB each time such a block is freed, after which
+# large blocks (records, RocksDB memtable blocks, librdkafka buffers) stay in the heaps between
+# long-lived blocks. bench.memory at 250,000 tracked objects: 168 MiB with 64 KiB against 181 MiB.
+MMAP_THRESHOLD_BYTES = 64 << 10
+_M_MMAP_THRESHOLD = -3  # mallopt parameter number in glibc's malloc.h
+
+
+def _find_glibc_function(name: str) -> Callable[..., int] | None:
+    """Return a glibc malloc function, or None where the C library has none (musl, macOS)."""
     try:
-        return ctypes.CDLL(None).malloc_trim
+        return getattr(ctypes.CDLL(None), name)
     except (OSError, AttributeError):
         return None
 
 
-_malloc_trim = _find_malloc_trim()
+_malloc_trim = _find_glibc_function("malloc_trim")
+_mallopt = _find_glibc_function("mallopt")
+
+
+def set_mmap_threshold(threshold_bytes: int = MMAP_THRESHOLD_BYTES) -> bool:
+    """Fix glibc's mmap threshold, which also turns off its dynamic raise. Returns False without glibc."""
+    if _mallopt is None:
+        return False
+    return bool(_mallopt(_M_MMAP_THRESHOLD, threshold_bytes))
 
 
 def release_free_memory() -> bool:
