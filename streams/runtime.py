@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import ctypes
 import logging
+import threading
 import time
 from dataclasses import dataclass
 from typing import Callable, Iterable, Sequence
@@ -194,6 +195,9 @@ class WorkerRuntime:
         self.assigned: set[int] = set()
         self.partitions: dict[int, PartitionRuntime] = {}
         self._trimmed_at = time.monotonic()
+        # Batches processed since the last trim of the C heap.
+        self._untrimmed_batches = 0
+        self._trim_lock = threading.Lock()
         if _malloc_trim is None:
             log.info("malloc_trim is not available, so freed memory stays with the C allocator")
 
@@ -251,9 +255,28 @@ class WorkerRuntime:
                 raise
             self._count(partition, result)
         metrics.BATCH_SECONDS.observe(time.perf_counter() - started)
-        if time.monotonic() - self._trimmed_at >= TRIM_INTERVAL_SECONDS:
+        self._untrimmed_batches += 1
+        self.release_memory_if_due()
+
+    def release_memory_if_due(self) -> bool:
+        """Trim the C heap if a batch ran since the last trim and TRIM_INTERVAL_SECONDS have passed.
+
+        The agent's timer also calls this between batches, so the memory that the last batches of a
+        burst freed goes back to the operating system instead of staying until the next batch.
+        Returns True if it trimmed.
+        """
+        if not self._untrimmed_batches or time.monotonic() - self._trimmed_at < TRIM_INTERVAL_SECONDS:
+            return False
+        # The batch thread and the event loop both call this, and only one of them trims.
+        if not self._trim_lock.acquire(blocking=False):
+            return False
+        try:
             release_free_memory()
             self._trimmed_at = time.monotonic()
+            self._untrimmed_batches = 0
+        finally:
+            self._trim_lock.release()
+        return True
 
     def _count(self, partition: int, result: BatchResult) -> None:
         metrics.RECORDS.labels(str(partition)).inc(result.records)

@@ -3,10 +3,19 @@
 import random
 import subprocess
 import sys
+import time
 
 import pytest
 
-from streams.runtime import MMAP_THRESHOLD_BYTES, release_free_memory, set_mmap_threshold
+from kdiag.rules import RuleSet
+from kdiag.settings import Settings
+from streams.runtime import (
+    MMAP_THRESHOLD_BYTES,
+    TRIM_INTERVAL_SECONDS,
+    WorkerRuntime,
+    release_free_memory,
+    set_mmap_threshold,
+)
 
 
 def rss_kib() -> int:
@@ -59,3 +68,24 @@ def test_mmap_threshold_maps_large_blocks():
         [sys.executable, "-c", _MAPPED_BLOCKS_SCRIPT], capture_output=True, text=True, check=True, timeout=60
     ).stdout
     assert int(output) >= 100
+
+
+def test_release_memory_only_after_batches(tmp_path):
+    settings = Settings(state_dir=tmp_path)
+    runtime = WorkerRuntime(settings, lambda: RuleSet([]))
+    runtime._trimmed_at -= TRIM_INTERVAL_SECONDS
+    assert not runtime.release_memory_if_due()
+    # The batch trims by itself once the interval has passed.
+    runtime.process([])
+    assert not runtime.release_memory_if_due()
+
+
+def test_release_memory_waits_for_interval(tmp_path):
+    settings = Settings(state_dir=tmp_path)
+    runtime = WorkerRuntime(settings, lambda: RuleSet([]))
+    runtime._trimmed_at = time.monotonic()
+    runtime.process([])
+    assert not runtime.release_memory_if_due()
+    runtime._trimmed_at -= TRIM_INTERVAL_SECONDS
+    assert runtime.release_memory_if_due()
+    assert not runtime.release_memory_if_due()
