@@ -159,7 +159,7 @@ def mapping_kind(start: int, perms: str, path: str, size: int) -> str:
 
 
 def rss_breakdown(pid: int) -> dict[str, int]:
-    """Return RSS in KiB per mapping kind of a process, from /proc/<pid>/smaps; empty once it exited."""
+    """Return RSS in KiB per mapping kind of a process, from /proc/<pid>/smaps, or {} once it exited."""
     totals: dict[str, int] = {}
     kind = ""
     try:
@@ -235,14 +235,17 @@ with open({path!r}, "w") as _out:
             for _value in _attributes.values():
                 if isinstance(_value, Rdict):
                     _databases[id(_value)] = _value
-    for _object in _databases.values():
-            for _name in ("cur-size-all-mem-tables", "size-all-mem-tables", "estimate-table-readers-mem", "block-cache-usage", "block-cache-pinned-usage"):
-                try:
-                    _value = _object.property_int_value("rocksdb." + _name) or 0
-                except Exception:
-                    continue
-                _totals[_name] = max(_totals.get(_name, 0), _value) if _name.startswith("block-cache") else _totals.get(_name, 0) + _value
-            _totals["databases"] = _totals.get("databases", 0) + 1
+    for _database in _databases.values():
+        for _name in ("cur-size-all-mem-tables", "size-all-mem-tables", "estimate-table-readers-mem", "block-cache-usage", "block-cache-pinned-usage"):
+            try:
+                _value = _database.property_int_value("rocksdb." + _name) or 0
+            except Exception:
+                continue
+            if _name.startswith("block-cache"):
+                _totals[_name] = max(_totals.get(_name, 0), _value)
+            else:
+                _totals[_name] = _totals.get(_name, 0) + _value
+        _totals["databases"] = _totals.get("databases", 0) + 1
     _out.write(f"rocksdb: {{_totals}}\\n")
 del _snapshot, _holders, _databases
 """
