@@ -154,8 +154,9 @@ def create_app(
     @app.timer(TRIM_INTERVAL_SECONDS)
     async def release_memory() -> None:
         # Trims after the last batch of a burst, which WorkerRuntime.process cannot do itself. It runs
-        # on the event loop: a trim takes at most milliseconds, and waiting in a pool thread for
-        # rule_lock would move the next batch, and its allocations, to another thread's malloc arena.
+        # on the event loop, because a trim takes 15 ms or less (see release_free_memory). Waiting
+        # for rule_lock in a pool thread moved the next batches to other threads' malloc arenas, and
+        # bench.memory then measured 252 MiB instead of 196 MiB at 250,000 tracked objects.
         runtime.release_memory_if_due()
 
     @app.on_partitions_assigned.connect

@@ -34,10 +34,11 @@ MAX_TRANSACTION_ATTEMPTS = 3
 TRIM_INTERVAL_SECONDS = 1.0
 
 
-# Blocks of this size or more get their own mmap, which free() returns to the operating system at
-# once. glibc's default is 128 KiB, raised up to 32 MiB each time such a block is freed, after which
-# large blocks (records, RocksDB memtable blocks, librdkafka buffers) stay in the heaps between
-# long-lived blocks. bench.memory at 250,000 tracked objects: 168 MiB with 64 KiB against 181 MiB.
+# glibc serves a block of this size or more with its own mmap when no free chunk of the heap fits it,
+# and free() returns that mapping at once. Its default threshold is 128 KiB, raised up to 32 MiB each
+# time such a block is freed, after which large blocks stay in the heaps between long-lived ones.
+# bench.memory at 250,000 tracked objects, one run each on a shared 2-core machine: 168 MiB with
+# 64 KiB against 181 MiB with the default.
 MMAP_THRESHOLD_BYTES = 64 << 10
 _M_MMAP_THRESHOLD = -3  # mallopt parameter number in glibc's malloc.h
 
