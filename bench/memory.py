@@ -201,14 +201,15 @@ def malloc_stats(pid: int, log_path: Path) -> list[str]:
 _SNAPSHOT_CODE = """
 import sys, tracemalloc
 sys._debugmallocstats()
-_snapshot = tracemalloc.take_snapshot()
+_snapshot = tracemalloc.take_snapshot() if tracemalloc.is_tracing() else None
 with open({path!r}, "w") as _out:
-    _traced, _peak = tracemalloc.get_traced_memory()
-    _out.write(f"traced {{_traced}} bytes, peak {{_peak}} bytes, tracemalloc's own {{tracemalloc.get_tracemalloc_memory()}} bytes\\n")
-    for _group in ("filename", "lineno"):
-        _out.write(f"top by {{_group}}:\\n")
-        for _stat in _snapshot.statistics(_group)[:30]:
-            _out.write(f"{{_stat}}\\n")
+    if _snapshot is not None:
+        _traced, _peak = tracemalloc.get_traced_memory()
+        _out.write(f"traced {{_traced}} bytes, peak {{_peak}} bytes, tracemalloc's own {{tracemalloc.get_tracemalloc_memory()}} bytes\\n")
+        for _group in ("filename", "lineno"):
+            _out.write(f"top by {{_group}}:\\n")
+            for _stat in _snapshot.statistics(_group)[:30]:
+                _out.write(f"{{_stat}}\\n")
     # Containers that hold bytes of 16 KiB or more (record values), and what holds those containers.
     import gc
     _holders = {{}}
@@ -252,10 +253,11 @@ del _snapshot, _holders, _databases
 
 
 def python_heap(pid: int, path: Path) -> bool:
-    """Make a worker started with PYTHONTRACEMALLOC write its tracemalloc top lines to `path`, through gdb.
+    """Make a worker write the holders of large bytes objects and RocksDB's memory properties to `path`,
+    through gdb, and its tracemalloc top lines if it runs with PYTHONTRACEMALLOC.
 
-    The worker also prints sys._debugmallocstats() (pymalloc's arenas and pools) to its log. Returns
-    False without gdb or when the worker wrote nothing.
+    The worker also prints sys._debugmallocstats() to its log. Returns False without gdb or when the
+    worker wrote nothing.
     """
     gdb = shutil.which("gdb")
     if gdb is None:
@@ -312,9 +314,9 @@ def measure_point(
             if breakdown:
                 mappings = rss_breakdown(worker.pid)
                 arenas = malloc_stats(worker.pid, worker.log_path)
-            if log_dir is not None and (worker_env or {}).get("PYTHONTRACEMALLOC"):
+            if log_dir is not None:
                 log_dir.mkdir(parents=True, exist_ok=True)
-                python_heap(worker.pid, (log_dir / f"tracemalloc-{tracked}-{partitions}p-{worker.pid}.txt").resolve())
+                python_heap(worker.pid, (log_dir / f"heap-{tracked}-{partitions}p-{worker.pid}.txt").resolve())
         finally:
             sampler.stop()
             worker.stop()
@@ -482,7 +484,12 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         action="store_true",
         help="after each point, split the worker's RSS by mapping (/proc/<pid>/smaps) and print glibc's malloc_stats (needs gdb)",
     )
-    parser.add_argument("--log-dir", type=Path, help="copy each point's worker log into this folder")
+    parser.add_argument(
+        "--log-dir",
+        type=Path,
+        help="copy each point's worker log into this folder, with a snapshot of its heap and RocksDB memory (needs gdb; "
+        "PYTHONTRACEMALLOC=1 in --worker-env adds tracemalloc's top lines)",
+    )
     parser.add_argument("--bootstrap-servers", help="use this broker instead of starting one")
 
 
