@@ -23,7 +23,10 @@ worker does (streams.state.StoredEntries). tracemalloc sees only Python's alloca
 from __future__ import annotations
 
 import argparse
+import re
+import shutil
 import statistics
+import subprocess
 import sys
 import tempfile
 import time
@@ -135,12 +138,160 @@ def fill(settings: Any, tracked: int) -> int:
     return sum(end_offsets(settings.bootstrap_servers, settings.changes_topic, settings.partitions))
 
 
-def measure_point(broker: Broker, tracked: int, partitions: int, timeout_seconds: float) -> dict[str, Any]:
+_MAPPING = re.compile(r"^([0-9a-f]+)-([0-9a-f]+) (\S+) \S+ \S+ \S+\s*(.*)$")
+_ARENA_BYTES = 64 << 20  # glibc's HEAP_MAX_SIZE on 64-bit: each thread arena's heap is one aligned 64 MiB mapping
+
+
+def mapping_kind(start: int, perms: str, path: str, size: int) -> str:
+    """Name the kind of one /proc/<pid>/smaps mapping: its file's name, the main heap, or an anonymous kind."""
+    if path == "[heap]":
+        return "main arena ([heap], brk)"
+    if path.startswith("["):
+        return path
+    if path:
+        name = path.rsplit("/", 1)[-1]
+        return f"file {name}" if ".so" in name else "other files"
+    if start % _ARENA_BYTES == 0 and size < _ARENA_BYTES and "rw" in perms:
+        return "anonymous: thread arena heaps (64 MiB aligned)"
+    if size <= (8 << 20) + (4 << 10) and size >= (8 << 20):
+        return "anonymous: 8 MiB (thread stacks)"
+    return "anonymous: other (pymalloc arenas, mmap'd blocks)"
+
+
+def rss_breakdown(pid: int) -> dict[str, int]:
+    """Return RSS in KiB per mapping kind of a process, from /proc/<pid>/smaps, or {} once it exited."""
+    totals: dict[str, int] = {}
+    kind = ""
+    try:
+        with open(f"/proc/{pid}/smaps") as smaps:
+            for line in smaps:
+                match = _MAPPING.match(line)
+                if match:
+                    start, end = int(match.group(1), 16), int(match.group(2), 16)
+                    kind = mapping_kind(start, match.group(3), match.group(4).strip(), end - start)
+                elif line.startswith("Rss:"):
+                    totals[kind] = totals.get(kind, 0) + int(line.split()[1])
+    except OSError:
+        return {}
+    return dict(sorted(totals.items(), key=lambda item: -item[1]))
+
+
+def malloc_stats(pid: int, log_path: Path) -> list[str]:
+    """Make the worker print glibc's malloc_stats to its log through gdb, and return those lines.
+
+    gdb stops the worker for about a second. Returns an empty list without gdb.
+    """
+    gdb = shutil.which("gdb")
+    if gdb is None:
+        return []
+    before = log_path.stat().st_size
+    subprocess.run(
+        [gdb, "-p", str(pid), "-batch", "-nx", "-ex", "call (void) malloc_stats()"],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+        timeout=60,
+        check=False,
+    )
+    with open(log_path, "rb") as log_file:
+        log_file.seek(before)
+        text = log_file.read().decode(errors="replace")
+    return [line for line in text.splitlines() if "bytes" in line or line.startswith("Arena") or "mmap" in line]
+
+
+_SNAPSHOT_CODE = """
+import sys, tracemalloc
+sys._debugmallocstats()
+_snapshot = tracemalloc.take_snapshot() if tracemalloc.is_tracing() else None
+with open({path!r}, "w") as _out:
+    if _snapshot is not None:
+        _traced, _peak = tracemalloc.get_traced_memory()
+        _out.write(f"traced {{_traced}} bytes, peak {{_peak}} bytes, tracemalloc's own {{tracemalloc.get_tracemalloc_memory()}} bytes\\n")
+        for _group in ("filename", "lineno"):
+            _out.write(f"top by {{_group}}:\\n")
+            for _stat in _snapshot.statistics(_group)[:30]:
+                _out.write(f"{{_stat}}\\n")
+    # Containers that hold bytes of 16 KiB or more (record values), and what holds those containers.
+    import gc
+    _holders = {{}}
+    for _object in gc.get_objects():
+        _big = [_item for _item in gc.get_referents(_object) if type(_item) is bytes and len(_item) >= 16384]
+        if _big:
+            _owners = sorted({{type(_owner).__qualname__ for _owner in gc.get_referrers(_object)}})[:6]
+            _key = (type(_object).__qualname__, tuple(_owners))
+            _count, _size = _holders.get(_key, (0, 0))
+            _holders[_key] = (_count + len(_big), _size + sum(len(_item) for _item in _big))
+            del _owners
+        del _big
+    del _object
+    _out.write("holders of bytes of 16 KiB or more (holder type, types referring to the holder):\\n")
+    for (_kind, _owners), (_count, _size) in sorted(_holders.items(), key=lambda _item: -_item[1][1])[:20]:
+        _out.write(f"{{_size / 1048576:8.1f}} MiB in {{_count}} bytes: {{_kind}} <- {{_owners}}\\n")
+    # RocksDB's own accounting, summed over the open databases (the block cache is shared, so it is the max).
+    from rocksdict import Rdict
+    _totals = {{}}
+    _databases = {{}}
+    for _object in gc.get_objects():
+        _attributes = getattr(_object, "__dict__", None)
+        if isinstance(_attributes, dict):
+            for _value in _attributes.values():
+                if isinstance(_value, Rdict):
+                    _databases[id(_value)] = _value
+    for _database in _databases.values():
+        for _name in ("cur-size-all-mem-tables", "size-all-mem-tables", "estimate-table-readers-mem", "block-cache-usage", "block-cache-pinned-usage"):
+            try:
+                _value = _database.property_int_value("rocksdb." + _name) or 0
+            except Exception:
+                continue
+            if _name.startswith("block-cache"):
+                _totals[_name] = max(_totals.get(_name, 0), _value)
+            else:
+                _totals[_name] = _totals.get(_name, 0) + _value
+        _totals["databases"] = _totals.get("databases", 0) + 1
+    _out.write(f"rocksdb: {{_totals}}\\n")
+del _snapshot, _holders, _databases
+"""
+
+
+def python_heap(pid: int, path: Path) -> bool:
+    """Make a worker write the holders of large bytes objects and RocksDB's memory properties to `path`,
+    through gdb, and its tracemalloc top lines if it runs with PYTHONTRACEMALLOC.
+
+    The worker also prints sys._debugmallocstats() to its log. Returns False without gdb or when the
+    worker wrote nothing.
+    """
+    gdb = shutil.which("gdb")
+    if gdb is None:
+        return False
+    script = path.with_suffix(".py")
+    script.write_text(_SNAPSHOT_CODE.format(path=str(path)))
+    commands = [
+        "call (int) PyGILState_Ensure()",
+        f"call (int) PyRun_SimpleString(\"exec(open('{script}').read())\")",
+        "call (void) PyGILState_Release($1)",
+    ]
+    arguments = [gdb, "-p", str(pid), "-batch", "-nx"]
+    for command in commands:
+        arguments += ["-ex", command]
+    subprocess.run(arguments, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, timeout=300, check=False)
+    return path.exists()
+
+
+def measure_point(
+    broker: Broker,
+    tracked: int,
+    partitions: int,
+    timeout_seconds: float,
+    worker_env: dict[str, str] | None = None,
+    breakdown: bool = False,
+    log_dir: Path | None = None,
+) -> dict[str, Any]:
     topics = make_topics(broker.bootstrap_servers, "memory", partitions)
+    mappings: dict[str, int] = {}
+    arenas: list[str] = []
     try:
         progress(f"memory: {tracked} tracked objects on {partitions} partitions")
         records = fill(topics.settings, tracked)
-        worker = WorkerProcess(topics)
+        worker = WorkerProcess(topics, extra_env=worker_env)
         sampler = RssSampler(worker.pid).start()
         try:
             started = time.monotonic()
@@ -160,9 +311,18 @@ def measure_point(broker: Broker, tracked: int, partitions: int, timeout_seconds
                 if value is not None:
                     settled.append(value)
             metrics = worker.metrics() or {}
+            if breakdown:
+                mappings = rss_breakdown(worker.pid)
+                arenas = malloc_stats(worker.pid, worker.log_path)
+            if log_dir is not None:
+                log_dir.mkdir(parents=True, exist_ok=True)
+                python_heap(worker.pid, (log_dir / f"heap-{tracked}-{partitions}p-{worker.pid}.txt").resolve())
         finally:
             sampler.stop()
             worker.stop()
+            if log_dir is not None:
+                log_dir.mkdir(parents=True, exist_ok=True)
+                shutil.copyfile(worker.log_path, log_dir / f"worker-{tracked}-{partitions}p-{worker.pid}.log")
     finally:
         cleanup(broker, topics)
     entries = int(metric_sum(metrics, "kdiag_worker_entries"))
@@ -176,6 +336,8 @@ def measure_point(broker: Broker, tracked: int, partitions: int, timeout_seconds
         "rss_mib": round(statistics.median(settled) / 1024, 1),
         "peak_rss_mib": round(sampler.peak_kib / 1024, 1),
         "processing_seconds": round(processing_seconds, 1),
+        "rss_kib_by_mapping": mappings,
+        "malloc_stats": arenas,
     }
 
 
@@ -237,29 +399,44 @@ def slope(points: list[dict[str, Any]]) -> float | None:
 
 
 def run(args: argparse.Namespace, broker: Broker) -> dict[str, Any]:
-    progress(f"memory: Python heap per entry of a PartitionProcessor with {MODEL_ENTRIES} entries")
-    model = model_bytes_per_entry()
-    model_stored = model_bytes_per_entry(stored=True)
-    points = [measure_point(broker, tracked, args.partitions, args.timeout) for tracked in args.tracked]
+    model = model_stored = None
+    if not args.skip_model:
+        progress(f"memory: Python heap per entry of a PartitionProcessor with {MODEL_ENTRIES} entries")
+        model = model_bytes_per_entry()
+        model_stored = model_bytes_per_entry(stored=True)
+    worker_env = dict(args.worker_env)
+    points = [
+        measure_point(broker, tracked, args.partitions, args.timeout, worker_env, args.breakdown, args.log_dir)
+        for tracked in args.tracked
+    ]
     scan = []
     for partitions in args.partition_scan:
         for tracked in (0, args.scan_tracked):
             existing = next((p for p in points if p["partitions"] == partitions and p["tracked"] == tracked), None)
-            scan.append(existing or measure_point(broker, tracked, partitions, args.timeout))
+            scan.append(existing or measure_point(broker, tracked, partitions, args.timeout, worker_env, args.breakdown, args.log_dir))
     growth = slope(points)
     base = next((point["rss_mib"] for point in points if point["tracked"] == 0), None)
     one_million = base + growth * 1_000_000 if growth is not None and base is not None else None
-    lines = [
+    lines = []
+    if model is not None and model_stored is not None:
+        lines += [
         f"model: {model:.0f} bytes of Python heap per entry in a PartitionProcessor, entries in memory "
         f"(tracemalloc, {MODEL_ENTRIES} entries)",
         f"model: {model_stored:.0f} bytes of Python heap per entry in a PartitionProcessor, entries in RocksDB "
         f"as in the worker (tracemalloc, {MODEL_ENTRIES} entries)",
-    ]
+        ]
     lines += [
         f"{p['tracked']:>9} tracked, {p['partitions']:>2} partitions: RSS {p['rss_mib']:.0f} MiB "
         f"(peak {p['peak_rss_mib']:.0f} MiB), processed in {p['processing_seconds']:.0f} s"
         for p in points
     ]
+    for point in points:
+        if point["rss_kib_by_mapping"]:
+            lines.append(f"RSS by mapping, {point['tracked']} tracked:")
+            lines += [f"  {kib / 1024:7.1f} MiB  {kind}" for kind, kib in point["rss_kib_by_mapping"].items() if kib >= 512]
+        if point["malloc_stats"]:
+            lines.append(f"glibc malloc_stats, {point['tracked']} tracked:")
+            lines += [f"  {line}" for line in point["malloc_stats"]]
     if growth is not None:
         lines.append(f"growth: {growth * 1024 * 1024:.0f} bytes of RSS per tracked object ({args.partitions} partitions)")
     if one_million is not None and max(args.tracked) < 1_000_000:
@@ -270,8 +447,8 @@ def run(args: argparse.Namespace, broker: Broker) -> dict[str, Any]:
         for p in scan
     ]
     figures = {
-        "model_bytes_per_entry": round(model),
-        "model_bytes_per_stored_entry": round(model_stored),
+        "model_bytes_per_entry": round(model) if model is not None else None,
+        "model_bytes_per_stored_entry": round(model_stored) if model_stored is not None else None,
         "points": points,
         "bytes_per_tracked_object": round(growth * 1024 * 1024) if growth is not None else None,
         "rss_mib_1m_extrapolated": round(one_million, 1) if one_million is not None else None,
@@ -279,6 +456,13 @@ def run(args: argparse.Namespace, broker: Broker) -> dict[str, Any]:
     }
     report("memory", lines, figures)
     return figures
+
+
+def _env_pair(text: str) -> tuple[str, str]:
+    name, separator, value = text.partition("=")
+    if not separator or not name:
+        raise argparse.ArgumentTypeError(f"invalid --worker-env {text!r}: expected NAME=VALUE")
+    return name, value
 
 
 def _counts(text: str) -> list[int]:
@@ -291,6 +475,21 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--partition-scan", type=_counts, default=[1, 6, 12], help="partition counts to compare (default 1,6,12)")
     parser.add_argument("--scan-tracked", type=int, default=100_000, help="tracked objects in the partition scan (default 100000)")
     parser.add_argument("--timeout", type=float, default=900.0, help="seconds a point may take (default 900)")
+    parser.add_argument(
+        "--worker-env", type=_env_pair, action="append", default=[], help="set NAME=VALUE in the worker's environment (repeatable)"
+    )
+    parser.add_argument("--skip-model", action="store_true", help="skip the in-process model figures (tracemalloc)")
+    parser.add_argument(
+        "--breakdown",
+        action="store_true",
+        help="after each point, split the worker's RSS by mapping (/proc/<pid>/smaps) and print glibc's malloc_stats (needs gdb)",
+    )
+    parser.add_argument(
+        "--log-dir",
+        type=Path,
+        help="copy each point's worker log into this folder, with a snapshot of its heap and RocksDB memory (needs gdb; "
+        "PYTHONTRACEMALLOC=1 in --worker-env adds tracemalloc's top lines)",
+    )
     parser.add_argument("--bootstrap-servers", help="use this broker instead of starting one")
 
 

@@ -29,7 +29,7 @@ from kdiag.settings import Settings
 from streams.center import CenterRecord, CenterRuntime
 from streams.cluster_objects import ClusterObjects
 from streams.root_cause import DiagnosisRecord, RootCauseRuntime
-from streams.runtime import InputRecord, WorkerRuntime
+from streams.runtime import TRIM_INTERVAL_SECONDS, InputRecord, WorkerRuntime
 
 log = logging.getLogger(__name__)
 
@@ -101,6 +101,9 @@ def create_app(
                 await asyncio.to_thread(locked, rule_lock, runtime.process, records)
             except Exception as error:
                 stop_after_fatal_error(error)
+            # The loop variables would keep the batch's record values (up to batch_max_records
+            # records of up to max_record_bytes) alive until the next batch arrives.
+            del events, records
 
     root_cause = RootCauseRuntime(settings, graphs if graphs is not None else GraphSet(pool_size=1))
     diagnoses = app.topic(settings.diagnoses_topic, key_type=bytes, value_type=bytes, internal=False)
@@ -147,6 +150,14 @@ def create_app(
             offsets = {TP(topic, partition): offset for (topic, partition), offset in center_runtime.next_offsets().items()}
             if offsets:
                 await app.consumer._commit_offsets(offsets)
+
+    @app.timer(TRIM_INTERVAL_SECONDS)
+    async def release_memory() -> None:
+        # Trims after the last batch of a burst, which WorkerRuntime.process cannot do itself. It runs
+        # on the event loop, because a trim takes 15 ms or less (see release_free_memory). Waiting
+        # for rule_lock in a pool thread moved the next batches to other threads' malloc arenas, and
+        # bench.memory then measured 252 MiB instead of 196 MiB at 250,000 tracked objects.
+        runtime.release_memory_if_due()
 
     @app.on_partitions_assigned.connect
     async def on_assigned(sender: Any, assigned: set[Any], **kwargs: Any) -> None:

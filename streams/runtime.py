@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import ctypes
 import logging
+import threading
 import time
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
@@ -31,15 +32,32 @@ log = logging.getLogger(__name__)
 TRIM_INTERVAL_SECONDS = 1.0
 
 
-def _find_malloc_trim() -> Callable[[int], int] | None:
-    """Return glibc's malloc_trim, or None where the C library has none (musl, macOS)."""
+# glibc serves a block of this size or more with its own mmap when no free chunk of the heap fits it,
+# and free() returns that mapping at once. Its default threshold is 128 KiB, raised up to 32 MiB each
+# time such a block is freed, after which large blocks stay in the heaps between long-lived ones.
+# bench.memory at 250,000 tracked objects, one run each on a shared 2-core machine: 168 MiB with
+# 64 KiB against 181 MiB with the default.
+MMAP_THRESHOLD_BYTES = 64 << 10
+_M_MMAP_THRESHOLD = -3  # mallopt parameter number in glibc's malloc.h
+
+
+def _find_glibc_function(name: str) -> Callable[..., int] | None:
+    """Return a glibc malloc function, or None where the C library has none (musl, macOS)."""
     try:
-        return ctypes.CDLL(None).malloc_trim
+        return getattr(ctypes.CDLL(None), name)
     except (OSError, AttributeError):
         return None
 
 
-_malloc_trim = _find_malloc_trim()
+_malloc_trim = _find_glibc_function("malloc_trim")
+_mallopt = _find_glibc_function("mallopt")
+
+
+def set_mmap_threshold(threshold_bytes: int = MMAP_THRESHOLD_BYTES) -> bool:
+    """Fix glibc's mmap threshold, which also turns off its dynamic raise. Returns False without glibc."""
+    if _mallopt is None:
+        return False
+    return bool(_mallopt(_M_MMAP_THRESHOLD, threshold_bytes))
 
 
 def release_free_memory() -> bool:
@@ -179,6 +197,9 @@ class WorkerRuntime:
         self._trimmed_at = time.monotonic()
         # Runs the partitions' transaction commits, which wait for the broker, in parallel.
         self._committer = ThreadPoolExecutor(max_workers=COMMIT_THREADS, thread_name_prefix="kdiag-commit")
+        # Batches processed since the last trim of the C heap.
+        self._untrimmed_batches = 0
+        self._trim_lock = threading.Lock()
         if _malloc_trim is None:
             log.info("malloc_trim is not available, so freed memory stays with the C allocator")
 
@@ -231,9 +252,28 @@ class WorkerRuntime:
         for partition, _, results in batches:
             self._count(partition, results[-1])
         metrics.BATCH_SECONDS.observe(time.perf_counter() - started)
-        if time.monotonic() - self._trimmed_at >= TRIM_INTERVAL_SECONDS:
+        self._untrimmed_batches += 1
+        self.release_memory_if_due()
+
+    def release_memory_if_due(self) -> bool:
+        """Trim the C heap if a batch ran since the last trim and TRIM_INTERVAL_SECONDS have passed.
+
+        The agent's timer also calls this between batches, so the memory that the last batches of a
+        burst freed goes back to the operating system instead of staying until the next batch.
+        Returns True if it trimmed.
+        """
+        if not self._untrimmed_batches or time.monotonic() - self._trimmed_at < TRIM_INTERVAL_SECONDS:
+            return False
+        # The batch thread and the event loop both call this, and only one of them trims.
+        if not self._trim_lock.acquire(blocking=False):
+            return False
+        try:
             release_free_memory()
             self._trimmed_at = time.monotonic()
+            self._untrimmed_batches = 0
+        finally:
+            self._trim_lock.release()
+        return True
 
     def _count(self, partition: int, result: BatchResult) -> None:
         metrics.RECORDS.labels(str(partition)).inc(result.records)
