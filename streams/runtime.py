@@ -32,15 +32,6 @@ log = logging.getLogger(__name__)
 TRIM_INTERVAL_SECONDS = 1.0
 
 
-# glibc serves a block of this size or more with its own mmap when no free chunk of the heap fits it,
-# and free() returns that mapping at once. Its default threshold is 128 KiB, raised up to 32 MiB each
-# time such a block is freed, after which large blocks stay in the heaps between long-lived ones.
-# bench.memory at 250,000 tracked objects, one run each on a shared 2-core machine: 168 MiB with
-# 64 KiB against 181 MiB with the default.
-MMAP_THRESHOLD_BYTES = 64 << 10
-_M_MMAP_THRESHOLD = -3  # mallopt parameter number in glibc's malloc.h
-
-
 def _find_glibc_function(name: str) -> Callable[..., int] | None:
     """Return a glibc malloc function, or None where the C library has none (musl, macOS)."""
     try:
@@ -50,14 +41,6 @@ def _find_glibc_function(name: str) -> Callable[..., int] | None:
 
 
 _malloc_trim = _find_glibc_function("malloc_trim")
-_mallopt = _find_glibc_function("mallopt")
-
-
-def set_mmap_threshold(threshold_bytes: int = MMAP_THRESHOLD_BYTES) -> bool:
-    """Fix glibc's mmap threshold, which also turns off its dynamic raise. Returns False without glibc."""
-    if _mallopt is None:
-        return False
-    return bool(_mallopt(_M_MMAP_THRESHOLD, threshold_bytes))
 
 
 def release_free_memory() -> bool:

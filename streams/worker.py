@@ -24,7 +24,6 @@ from kdiag.settings import Settings
 from kdiag.topics import ensure_topics
 from streams.app import create_app
 from streams.cluster_objects import ClusterObjects
-from streams.runtime import set_mmap_threshold
 
 log = logging.getLogger(__name__)
 
@@ -69,8 +68,6 @@ def run(args: argparse.Namespace, settings: Settings) -> int:
             if value is not None
         }
     )
-    if not set_mmap_threshold():
-        log.info("mallopt is not available, so the C allocator keeps its default mmap threshold")
     # Bind the metrics port first: a caller that picked a free port keeps it for the shortest time.
     if settings.metrics_port:
         start_http_server(settings.metrics_port, addr="127.0.0.1")
