@@ -49,8 +49,8 @@ class Settings:
     schemas_dir: Path = PROJECT_ROOT / "schemas"
     # Records per worker batch. A batch's decoded changes and staged writes stay in memory until its
     # transaction commits. bench.memory measured 141 MiB of RSS with 100 against 158 MiB with 200 at
-    # 250,000 tracked objects, in the same processing time, but 171 against 174 MiB at 1,000,000.
-    batch_max_records: int = 100
+    # 250,000 tracked objects, but 171 against 174 MiB at 1,000,000.
+    batch_max_records: int = 200
     # Maximum time the worker waits to fill a batch of batch_max_records. bench.latency measured
     # immediate alerts at 158 ms p99 with 0.02 s and 288 ms with 0.1 s. Catching up with 100 rules
     # ran at 1,429 instead of 1,922 changes/s, in smaller batches (docs/benchmarks.md, runs L3-L4, T4-T5).
