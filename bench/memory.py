@@ -327,7 +327,11 @@ def measure_point(
         cleanup(broker, topics)
     entries = int(metric_sum(metrics, "kdiag_worker_entries"))
     if entries < tracked:
-        raise BenchError(f"the worker tracks {entries} entries, expected at least {tracked}")
+        missing = int(metric_sum(metrics, "kdiag_worker_offsets_missing_total"))
+        raise BenchError(
+            f"the worker tracks {entries} entries, expected at least {tracked}; "
+            f"it saw {missing} changes-topic offsets missing between delivered records"
+        )
     return {
         "tracked": tracked,
         "entries": entries,

@@ -9,6 +9,9 @@ CHANGES = Counter("kdiag_worker_changes_total", "Resource changes evaluated")
 TICKS = Counter("kdiag_worker_ticks_total", "Ticks applied")
 SKIPPED = Counter("kdiag_worker_records_skipped_total", "Records skipped because an earlier run committed them")
 ALERTS = Counter("kdiag_worker_alerts_total", "Alert transitions emitted", ["status"])
+OFFSETS_MISSING = Counter(
+    "kdiag_worker_offsets_missing_total", "Changes-topic offsets skipped between two delivered records of a partition"
+)
 DEAD_LETTERS = Counter("kdiag_worker_dead_letters_total", "Records sent to the dead-letter topic")
 TRANSACTIONS = Counter("kdiag_worker_transactions_total", "Kafka transactions", ["outcome"])
 RESTORED = Counter("kdiag_worker_changelog_records_restored_total", "Changelog records applied on partition start")

@@ -68,6 +68,8 @@ class BatchResult:
     changes: int = 0
     ticks: int = 0
     skipped: int = 0
+    # Offsets that were never delivered between two delivered records of the partition.
+    offsets_missing: int = 0
 
     def encoded_alerts(self) -> list[tuple[bytes, bytes]]:
         return [(event.entry.fingerprint.encode(), ALERT.encode(event.to_avro())) for event in self.alerts]
@@ -164,6 +166,14 @@ class PartitionProcessor:
                     f"ends before offset {self.next_offset}; restart the worker so that it resumes "
                     f"from the consumer group's committed offset"
                 )
+        elif offset > self.next_offset:
+            # The connectors write without transactions, so the offsets of a partition are contiguous.
+            # A record that was not delivered would be lost without a trace, so the gap is reported.
+            result.offsets_missing += offset - self.next_offset
+            log.warning(
+                "offset gap in the changes topic",
+                extra={"topic": self.topic, "partition": self.partition, "expected_offset": self.next_offset, "offset": offset},
+            )
         self.next_offset = offset + 1
         self._offset_changed = True
         result.records += 1

@@ -263,6 +263,7 @@ class WorkerRuntime:
         metrics.CHANGES.inc(result.changes)
         metrics.TICKS.inc(result.ticks)
         metrics.SKIPPED.inc(result.skipped)
+        metrics.OFFSETS_MISSING.inc(result.offsets_missing)
         metrics.DEAD_LETTERS.inc(len(result.dead_letters))
         for event in result.alerts:
             metrics.ALERTS.labels(event.status).inc()

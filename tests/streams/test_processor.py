@@ -119,6 +119,18 @@ def test_offset_gap_after_start_raises():
         processor.process(9, tick_record(T0), BatchResult())
 
 
+def test_offset_gap_while_running_is_counted(caplog):
+    processor = new_processor()
+    result = BatchResult()
+    processor.process(0, tick_record(T0), result)
+    processor.process(4, tick_record(T0 + 1_000), result)
+
+    assert result.offsets_missing == 3
+    assert result.records == 2
+    assert [record.message for record in caplog.records] == ["offset gap in the changes topic"]
+    assert caplog.records[0].expected_offset == 1
+
+
 def test_undecodable_record_becomes_dead_letter():
     processor = new_processor()
     result = BatchResult()
