@@ -210,7 +210,7 @@ with open({path!r}, "w") as _out:
             _out.write(f"top by {{_group}}:\\n")
             for _stat in _snapshot.statistics(_group)[:30]:
                 _out.write(f"{{_stat}}\\n")
-    # Containers that hold bytes of 16 KiB or more (record values), and what holds those containers.
+    # Containers that reference bytes of 16 KiB or more (record values), and the referrers of those containers.
     import gc
     _holders = {{}}
     for _object in gc.get_objects():

@@ -145,8 +145,8 @@ class PartitionTransactions:
     def finish(self, timeout_seconds: float = 60.0) -> int:
         """Commit the transaction that produce_outputs opened. Returns the newest changelog offset written.
 
-        Blocks until the broker acknowledged every record and the commit; the GIL is released meanwhile,
-        so the transactions of several partitions can finish in parallel threads.
+        Blocks until the broker acknowledged every record and the commit. confluent-kafka releases the
+        GIL meanwhile, so the transactions of several partitions can finish in parallel threads.
         """
         try:
             self._producer.commit_transaction(timeout_seconds)

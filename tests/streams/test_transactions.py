@@ -17,7 +17,7 @@ from streams.transactions import Output, PartitionBatch, StateWrite, Transaction
 
 
 class RecordingTransactions:
-    """Transactions of one partition that commit at changelog offset 100 + partition, or fail as told."""
+    """Transactions of one partition that commit at changelog offset 100 + partition, or raise the given failures."""
 
     def __init__(self, partition: int, failures: Sequence[BaseException] = ()) -> None:
         self.partition = partition
