@@ -16,7 +16,7 @@ setup: $(SETUP_STAMP)
 
 $(SETUP_STAMP): pyproject.toml
 	@test -x $(VENV_PYTHON) || $(PYTHON) -m venv $(VENV)
-	@$(VENV_PYTHON) -m pip install --quiet --disable-pip-version-check -e '.[test]'
+	@$(VENV_PYTHON) -m pip install --quiet --disable-pip-version-check -e '.[test,bench]'
 	@touch $@
 
 kafka-up:
