@@ -291,16 +291,36 @@ def rss_kib(pid: int) -> int | None:
     return None
 
 
-def cpu_seconds(pid: int) -> float | None:
-    """Return the user plus system CPU time of a process in seconds, from /proc/<pid>/stat."""
+@dataclass(frozen=True)
+class ProcessTimes:
+    """CPU time and minor page faults of a process so far, from /proc/<pid>/stat."""
+
+    user_seconds: float
+    system_seconds: float
+    minor_faults: int
+
+    @property
+    def cpu_seconds(self) -> float:
+        return self.user_seconds + self.system_seconds
+
+
+def process_times(pid: int) -> ProcessTimes | None:
+    """Return the CPU times and minor page faults of a process, or None once it has exited."""
     try:
         with open(f"/proc/{pid}/stat") as stat:
             fields = stat.read().rsplit(")", 1)[1].split()
     except OSError:
         return None
     ticks = os.sysconf("SC_CLK_TCK")
-    # Fields 14 and 15 of stat (utime, stime) are the 12th and 13th after the command name.
-    return (int(fields[11]) + int(fields[12])) / ticks
+    # Fields 10 (minflt), 14 (utime) and 15 (stime) of stat are the 8th, 12th and 13th after the
+    # command name.
+    return ProcessTimes(int(fields[11]) / ticks, int(fields[12]) / ticks, int(fields[7]))
+
+
+def cpu_seconds(pid: int) -> float | None:
+    """Return the user plus system CPU time of a process in seconds, from /proc/<pid>/stat."""
+    times = process_times(pid)
+    return times.cpu_seconds if times is not None else None
 
 
 def scrape_metrics(port: int, timeout_seconds: float = 5.0) -> dict[str, float]:

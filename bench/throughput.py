@@ -54,13 +54,14 @@ from bench import (
     BenchTopics,
     Broker,
     CommittedOffsets,
+    ProcessTimes,
     RssSampler,
     WorkerProcess,
     cleanup,
-    cpu_seconds,
     end_offsets,
     make_topics,
     metric_sum,
+    process_times,
     progress,
     report,
     stop_process,
@@ -201,6 +202,9 @@ class RunResult:
     cpu_seconds: float | None = None
     peak_rss_mib: float | None = None
     alerts: int | None = None
+    # Of cpu_seconds, the part spent in the kernel, and the minor page faults in the same time.
+    system_seconds: float | None = None
+    minor_faults: int | None = None
     extra: dict[str, Any] = field(default_factory=dict)
 
     @property
@@ -213,6 +217,10 @@ class RunResult:
         text = f"{self.name}: {self.changes_per_second:,.0f} changes/s ({self.changes} changes in {self.seconds:.1f} s)"
         if self.cpu_us_per_change is not None:
             text += f", {self.cpu_us_per_change:.0f} µs CPU per change"
+            if self.system_seconds is not None and self.cpu_seconds:
+                text += f" ({100 * self.system_seconds / self.cpu_seconds:.0f} % system)"
+        if self.minor_faults is not None and self.changes:
+            text += f", {self.minor_faults / self.changes:.1f} minor page faults per change"
         if self.peak_rss_mib is not None:
             text += f", peak RSS {self.peak_rss_mib:.0f} MiB"
         if self.alerts is not None:
@@ -232,6 +240,8 @@ class RunResult:
             "cpu_us_per_change": round(self.cpu_us_per_change, 1) if self.cpu_us_per_change is not None else None,
             "peak_rss_mib": round(self.peak_rss_mib, 1) if self.peak_rss_mib is not None else None,
             "alerts": self.alerts,
+            "system_cpu_seconds": round(self.system_seconds, 3) if self.system_seconds is not None else None,
+            "minor_faults": self.minor_faults,
         }
         figures.update(self.extra)
         return figures
@@ -307,6 +317,8 @@ def run_bare(prefill_: Prefill, rules: list[Path], name: str, consume_only: bool
         cpu_seconds=result["cpu_seconds"],
         peak_rss_mib=sampler.peak_kib / 1024,
         alerts=None if consume_only else result["alerts"],
+        system_seconds=result["system_cpu_seconds"],
+        minor_faults=result["minor_faults"],
     )
 
 
@@ -347,7 +359,7 @@ def run_worker(prefill_: Prefill, rules: list[Path], name: str, profile_output: 
     sampler = RssSampler(worker.pid).start()
     profiler: _PySpy | None = None
     samples: list[tuple[float, float]] = []
-    first: tuple[float, float, float] | None = None
+    first: tuple[float, float, ProcessTimes] | None = None
     first_metrics: dict[str, float] = {}
     try:
         startup = worker.wait_for_partitions()
@@ -365,10 +377,10 @@ def run_worker(prefill_: Prefill, rules: list[Path], name: str, profile_output: 
                 records = metric_sum(metrics, "kdiag_worker_records_total")
                 samples.append((now, changes))
                 if first is None and changes > 0:
-                    first = (now, changes, cpu_seconds(worker.pid) or 0.0)
+                    first = (now, changes, process_times(worker.pid) or ProcessTimes(0.0, 0.0, 0))
                     first_metrics = metrics
                 if records >= prefill_.records:
-                    end_cpu = cpu_seconds(worker.pid) or 0.0
+                    end_times = process_times(worker.pid) or ProcessTimes(0.0, 0.0, 0)
                     alerts = int(metric_sum(metrics, "kdiag_worker_alerts_total"))
                     batching = _batching(first_metrics, metrics, samples[-1][0] - first[0])
                     break
@@ -392,9 +404,11 @@ def run_worker(prefill_: Prefill, rules: list[Path], name: str, profile_output: 
         int(counted),
         seconds,
         counted / seconds if seconds else 0.0,
-        cpu_seconds=end_cpu - first[2],
+        cpu_seconds=end_times.cpu_seconds - first[2].cpu_seconds,
         peak_rss_mib=sampler.peak_kib / 1024,
         alerts=alerts,
+        system_seconds=end_times.system_seconds - first[2].system_seconds,
+        minor_faults=end_times.minor_faults - first[2].minor_faults,
         extra={"startup_seconds": round(startup, 2), "app_id": app_id, **batching},
     )
 
