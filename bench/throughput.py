@@ -31,6 +31,7 @@ import argparse
 import copy
 import os
 import re
+import shutil
 import signal
 import subprocess
 import sys
@@ -616,6 +617,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--seed", type=int, default=1, help="load generator seed (default 1)")
     parser.add_argument("--no-quix", action="store_true", help="skip the quix-streams peer")
     parser.add_argument("--profile", action="store_true", help="also run the worker and the bare loop under py-spy and list their top functions")
+    parser.add_argument("--profile-dir", type=Path, help="with --profile, keep py-spy's raw profiles (folded stacks) in this folder")
     parser.add_argument("--bootstrap-servers", help="use this broker instead of starting one")
 
 
@@ -655,6 +657,9 @@ def _measure(args: argparse.Namespace, filled: Prefill) -> dict[str, Any]:
                 profiled = runner(filled, hundred, f"{label}, {RULE_COUNT} rules, under py-spy", profile_output=raw)
                 results[f"{label.replace(' ', '_')}_100_profiled"] = profiled
                 profiles[label] = Profile.read(raw, filled.changes)
+                if args.profile_dir is not None:
+                    args.profile_dir.mkdir(parents=True, exist_ok=True)
+                    shutil.copyfile(raw, args.profile_dir / raw.name)
             except (BenchError, OSError, ValueError) as error:
                 profile_errors.append(f"{label}: {error}")
 
