@@ -20,11 +20,12 @@ import sys
 import tempfile
 import threading
 import time
+import urllib.parse
 import urllib.request
 import uuid
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Iterator
+from typing import Any, Iterator, Sequence
 
 import orjson
 from confluent_kafka import Consumer, KafkaException, TopicPartition
@@ -323,9 +324,14 @@ def cpu_seconds(pid: int) -> float | None:
     return times.cpu_seconds if times is not None else None
 
 
-def scrape_metrics(port: int, timeout_seconds: float = 5.0) -> dict[str, float]:
-    """Return the samples of a Prometheus endpoint on 127.0.0.1 as {"name{labels}": value}."""
-    with urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=timeout_seconds) as response:
+def scrape_metrics(port: int, timeout_seconds: float = 5.0, names: Sequence[str] = ()) -> dict[str, float]:
+    """Return the samples of a Prometheus endpoint on 127.0.0.1 as {"name{labels}": value}.
+
+    With `names`, only those metrics: prometheus_client then collects and formats just them, which
+    costs the scraped process far less than all of its series.
+    """
+    query = "?" + urllib.parse.urlencode([("name[]", name) for name in names]) if names else ""
+    with urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics{query}", timeout=timeout_seconds) as response:
         text = response.read().decode()
     samples: dict[str, float] = {}
     for line in text.splitlines():
@@ -385,9 +391,10 @@ class WorkerProcess:
         except OSError:
             return "(no log)"
 
-    def metrics(self) -> dict[str, float] | None:
+    def metrics(self, names: Sequence[str] = ()) -> dict[str, float] | None:
+        """The worker's metrics (see scrape_metrics), or None while its endpoint refuses connections."""
         try:
-            return scrape_metrics(self.metrics_port)
+            return scrape_metrics(self.metrics_port, names=names)
         except OSError:
             return None
 
