@@ -270,7 +270,7 @@ def _warm_up(worker: WorkerProcess, publisher: Publisher, cluster: str, partitio
     while time.monotonic() < deadline:
         _tick(publisher, cluster, scratch)
         time.sleep(TICK_INTERVAL_SECONDS)
-        metrics = worker.metrics() or {}
+        metrics = worker.metrics(("kdiag_worker_records_total",)) or {}
         seen = [key for key in metrics if key.startswith("kdiag_worker_records_total{") and metrics[key] > 0]
         if len(seen) >= partitions and metric_sum(metrics, "kdiag_worker_records_total") >= len(scratch.ticks) * partitions:
             return

@@ -297,7 +297,7 @@ def measure_point(
             started = time.monotonic()
             while True:
                 worker.check_running()
-                metrics = worker.metrics() or {}
+                metrics = worker.metrics(("kdiag_worker_records_total",)) or {}
                 if metric_sum(metrics, "kdiag_worker_records_total") >= records:
                     break
                 if time.monotonic() - started > timeout_seconds:

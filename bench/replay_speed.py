@@ -126,7 +126,7 @@ def _replay_and_wait(args: argparse.Namespace, topics: Any, worker: WorkerProces
     deadline = started + args.timeout
     while True:
         worker.check_running()
-        metrics = worker.metrics() or {}
+        metrics = worker.metrics(("kdiag_worker_records_total",)) or {}
         if metric_sum(metrics, "kdiag_worker_records_total") >= records:
             break
         if time.monotonic() > deadline:
