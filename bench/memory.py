@@ -328,9 +328,10 @@ def measure_point(
     entries = int(metric_sum(metrics, "kdiag_worker_entries"))
     if entries < tracked:
         missing = int(metric_sum(metrics, "kdiag_worker_offsets_missing_total"))
+        changes = int(metric_sum(metrics, "kdiag_worker_changes_total"))
         raise BenchError(
-            f"the worker tracks {entries} entries, expected at least {tracked}; "
-            f"it saw {missing} changes-topic offsets missing between delivered records"
+            f"the worker tracks {entries} entries, expected at least {tracked}; it evaluated {changes} "
+            f"changes of {tracked} and saw {missing} changes-topic offsets missing between delivered records"
         )
     return {
         "tracked": tracked,
