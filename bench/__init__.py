@@ -8,6 +8,7 @@ it by PID at the end. Each benchmark prints its figures as text, then one line
 
 from __future__ import annotations
 
+import argparse
 import contextlib
 import dataclasses
 import os
@@ -322,6 +323,14 @@ def cpu_seconds(pid: int) -> float | None:
     """Return the user plus system CPU time of a process in seconds, from /proc/<pid>/stat."""
     times = process_times(pid)
     return times.cpu_seconds if times is not None else None
+
+
+def env_pair(text: str) -> tuple[str, str]:
+    """Parse a --worker-env argument, NAME=VALUE."""
+    name, separator, value = text.partition("=")
+    if not separator or not name:
+        raise argparse.ArgumentTypeError(f"invalid --worker-env {text!r}: expected NAME=VALUE")
+    return name, value
 
 
 def scrape_metrics(port: int, timeout_seconds: float = 5.0, names: Sequence[str] = ()) -> dict[str, float]:

@@ -45,6 +45,7 @@ from bench import (
     RssSampler,
     WorkerProcess,
     cleanup,
+    env_pair,
     end_offsets,
     make_topics,
     metric_sum,
@@ -463,13 +464,6 @@ def run(args: argparse.Namespace, broker: Broker) -> dict[str, Any]:
     return figures
 
 
-def _env_pair(text: str) -> tuple[str, str]:
-    name, separator, value = text.partition("=")
-    if not separator or not name:
-        raise argparse.ArgumentTypeError(f"invalid --worker-env {text!r}: expected NAME=VALUE")
-    return name, value
-
-
 def _counts(text: str) -> list[int]:
     return [int(part) for part in text.split(",") if part.strip()]
 
@@ -481,7 +475,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--scan-tracked", type=int, default=100_000, help="tracked objects in the partition scan (default 100000)")
     parser.add_argument("--timeout", type=float, default=900.0, help="seconds a point may take (default 900)")
     parser.add_argument(
-        "--worker-env", type=_env_pair, action="append", default=[], help="set NAME=VALUE in the worker's environment (repeatable)"
+        "--worker-env", type=env_pair, action="append", default=[], help="set NAME=VALUE in the worker's environment (repeatable)"
     )
     parser.add_argument("--skip-model", action="store_true", help="skip the in-process model figures (tracemalloc)")
     parser.add_argument(

@@ -29,6 +29,7 @@ from __future__ import annotations
 
 import argparse
 import copy
+import functools
 import os
 import re
 import shutil
@@ -59,6 +60,7 @@ from bench import (
     RssSampler,
     WorkerProcess,
     cleanup,
+    env_pair,
     end_offsets,
     make_topics,
     metric_sum,
@@ -352,13 +354,19 @@ class _PySpy:
             raise BenchError(f"py-spy wrote no profile (exit status {self.process.returncode}): {stderr[-2000:]}")
 
 
-def run_worker(prefill_: Prefill, rules: list[Path], name: str, profile_output: Path | None = None) -> RunResult:
+def run_worker(
+    prefill_: Prefill,
+    rules: list[Path],
+    name: str,
+    profile_output: Path | None = None,
+    worker_env: dict[str, str] | None = None,
+) -> RunResult:
     base = prefill_.topics.settings
     app_id = f"{base.changes_topic}-worker-{time.monotonic_ns()}"
     settings = base.replace(app_id=app_id, state_dir=prefill_.topics.work_dir / app_id)
     topics = BenchTopics(settings, prefill_.topics.work_dir)
     progress(f"running {name}")
-    worker = WorkerProcess(topics, rules=rules, label=app_id)
+    worker = WorkerProcess(topics, rules=rules, label=app_id, extra_env=worker_env)
     sampler = RssSampler(worker.pid).start()
     profiler: _PySpy | None = None
     samples: list[tuple[float, float]] = []
@@ -622,6 +630,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--seed", type=int, default=1, help="load generator seed (default 1)")
     parser.add_argument("--no-quix", action="store_true", help="skip the quix-streams peer")
     parser.add_argument("--profile", action="store_true", help="also run the worker and the bare loop under py-spy and list their top functions")
+    parser.add_argument(
+        "--worker-env", type=env_pair, action="append", default=[], help="set NAME=VALUE in the worker's environment (repeatable)"
+    )
     parser.add_argument("--profile-dir", type=Path, help="with --profile, keep py-spy's raw profiles (folded stacks) in this folder")
     parser.add_argument("--bootstrap-servers", help="use this broker instead of starting one")
 
@@ -646,8 +657,9 @@ def _measure(args: argparse.Namespace, filled: Prefill) -> dict[str, Any]:
     results["consume_only"] = run_bare(filled, pack, "consume only", consume_only=True)
     results["bare_pack"] = run_bare(filled, pack, f"bare loop, {pack_count} rules")
     results["bare_100"] = run_bare(filled, hundred, f"bare loop, {RULE_COUNT} rules")
-    results["worker_pack"] = run_worker(filled, pack, f"worker, {pack_count} rules")
-    results["worker_100"] = run_worker(filled, hundred, f"worker, {RULE_COUNT} rules")
+    worker_env = dict(args.worker_env)
+    results["worker_pack"] = run_worker(filled, pack, f"worker, {pack_count} rules", worker_env=worker_env)
+    results["worker_100"] = run_worker(filled, hundred, f"worker, {RULE_COUNT} rules", worker_env=worker_env)
     if not args.no_quix:
         results["quix_pack"] = run_quix(filled, pack, f"quix-streams peer, {pack_count} rules")
         results["quix_100"] = run_quix(filled, hundred, f"quix-streams peer, {RULE_COUNT} rules")
@@ -655,7 +667,7 @@ def _measure(args: argparse.Namespace, filled: Prefill) -> dict[str, Any]:
     profiles: dict[str, Profile] = {}
     profile_errors: list[str] = []
     if args.profile:
-        for label, runner in (("worker", run_worker), ("bare loop", run_bare)):
+        for label, runner in (("worker", functools.partial(run_worker, worker_env=worker_env)), ("bare loop", run_bare)):
             raw = filled.topics.work_dir / f"{label.replace(' ', '-')}-profile.txt"
             # A failed profile must not lose the figures measured above.
             try:
