@@ -81,6 +81,7 @@ def create_app(
         broker_session_timeout=settings.session_timeout_seconds,
         broker_heartbeat_interval=settings.heartbeat_interval_seconds,
         stream_wait_empty=False,
+        stream_buffer_maxsize=settings.stream_buffer_max_records,
     )
     runtime = WorkerRuntime(settings, rules, cluster_objects)
     # Batches run in a worker thread, so that Faust keeps fetching meanwhile. A stage's lock keeps the

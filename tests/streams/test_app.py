@@ -1,0 +1,21 @@
+"""The Faust application's settings (streams/app.py)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from kdiag.rules import RuleSet
+from kdiag.settings import Settings
+from streams.app import create_app
+
+
+def test_create_app_stream_buffer_from_settings(tmp_path: Path):
+    settings = Settings(state_dir=tmp_path, stream_buffer_max_records=123)
+
+    app, runtime = create_app(settings, lambda: RuleSet([]))
+    try:
+        # Faust's own default, 4,096 records of up to 1 MB each, would let a catch-up hold gigabytes.
+        assert app.conf.stream_buffer_maxsize == 123
+    finally:
+        runtime.close()
+
