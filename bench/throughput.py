@@ -219,7 +219,11 @@ class RunResult:
         return self.cpu_seconds / self.changes * 1e6
 
     def line(self) -> str:
-        text = f"{self.name}: {self.changes_per_second:,.0f} changes/s ({self.changes} changes in {self.seconds:.1f} s)"
+        if self.seconds > 0:
+            text = f"{self.name}: {self.changes_per_second:,.0f} changes/s ({self.changes} changes in {self.seconds:.1f} s)"
+        else:
+            # The first poll returned every record of a small input, so there is no time to divide by.
+            text = f"{self.name}: all {self.changes} changes in its first poll, too few to time"
         if self.cpu_us_per_change is not None:
             text += f", {self.cpu_us_per_change:.0f} µs CPU per change"
             if self.system_seconds is not None and self.cpu_seconds:
