@@ -133,6 +133,8 @@ def _replay_and_wait(args: argparse.Namespace, topics: Any, worker: WorkerProces
             raise BenchError(f"the worker did not catch up within {args.timeout} s:\n{worker.log_tail()}")
         time.sleep(POLL_SECONDS)
     wall = time.monotonic() - started
+    # The loop read only the records counter; the alert count needs the rest.
+    metrics = worker.metrics() or metrics
     return {
         "wall_seconds": round(wall, 2),
         "replay_seconds": round(replay_seconds, 2),
