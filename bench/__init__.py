@@ -336,8 +336,8 @@ def env_pair(text: str) -> tuple[str, str]:
 def scrape_metrics(port: int, timeout_seconds: float = 5.0, names: Sequence[str] = ()) -> dict[str, float]:
     """Return the samples of a Prometheus endpoint on 127.0.0.1 as {"name{labels}": value}.
 
-    With `names`, only those metrics: prometheus_client then collects and formats just them, which
-    costs the scraped process far less than all of its series.
+    With `names`, the endpoint collects and formats only those metrics, which costs the scraped
+    process far less than all of its series.
     """
     query = "?" + urllib.parse.urlencode([("name[]", name) for name in names]) if names else ""
     with urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics{query}", timeout=timeout_seconds) as response:
@@ -401,7 +401,7 @@ class WorkerProcess:
             return "(no log)"
 
     def metrics(self, names: Sequence[str] = ()) -> dict[str, float] | None:
-        """The worker's metrics (see scrape_metrics), or None while its endpoint refuses connections."""
+        """Return the worker's metrics (see scrape_metrics), or None while its endpoint is unreachable."""
         try:
             return scrape_metrics(self.metrics_port, names=names)
         except OSError:

@@ -90,6 +90,11 @@ class BareLoop:
             store.close()
 
 
+def _cpu_seconds(usage: resource.struct_rusage) -> float:
+    """Return the user plus system CPU time of a getrusage result."""
+    return usage.ru_utime + usage.ru_stime
+
+
 def run(args: argparse.Namespace) -> dict:
     rule_set = load_rules(args.rules or [REPO_ROOT / "rules"])
     loop = BareLoop(args.topic, args.partitions, rule_set, args.state_dir)
@@ -147,9 +152,7 @@ def run(args: argparse.Namespace) -> dict:
         "alerts": loop.alerts,
         "dead_letters": loop.dead_letters,
         "seconds": round(seconds, 3),
-        "cpu_seconds": round(
-            finished_usage.ru_utime + finished_usage.ru_stime - first_usage.ru_utime - first_usage.ru_stime, 3
-        ),
+        "cpu_seconds": round(_cpu_seconds(finished_usage) - _cpu_seconds(first_usage), 3),
         "system_cpu_seconds": round(finished_usage.ru_stime - first_usage.ru_stime, 3),
         "minor_faults": finished_usage.ru_minflt - first_usage.ru_minflt,
         "changes_per_second": round(loop.changes / seconds) if seconds else 0,

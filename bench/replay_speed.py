@@ -133,7 +133,7 @@ def _replay_and_wait(args: argparse.Namespace, topics: Any, worker: WorkerProces
             raise BenchError(f"the worker did not catch up within {args.timeout} s:\n{worker.log_tail()}")
         time.sleep(POLL_SECONDS)
     wall = time.monotonic() - started
-    # The loop read only the records counter; the alert count needs the rest.
+    # The loop read only the records counter, so the alert count needs a full scrape.
     metrics = worker.metrics() or metrics
     return {
         "wall_seconds": round(wall, 2),

@@ -385,8 +385,8 @@ def run_worker(
             worker.check_running()
             if time.monotonic() > deadline:
                 raise BenchError(f"{name} did not finish within {_run_timeout(prefill_):.0f} s:\n{worker.log_tail()}")
-            # Only the two progress counters, every METRICS_POLL_SECONDS: all of the worker's series
-            # cost it about 5 % of its time at that rate (py-spy). All of them at the start and end.
+            # Polling all of the worker's series at this rate cost it about 5 % of its time (py-spy), so
+            # the loop reads the progress counters and the full set only at the first and last sample.
             metrics = worker.metrics(PROGRESS_METRICS)
             now = time.monotonic()
             if metrics is not None:

@@ -51,10 +51,9 @@ class Settings:
     # transaction commits. bench.memory measured 141 MiB of RSS with 100 against 158 MiB with 200 at
     # 250,000 tracked objects, but 171 against 174 MiB at 1,000,000.
     batch_max_records: int = 200
-    # Records Faust may hold for one agent while its batch runs, before it stops fetching for it
-    # (Faust's stream_buffer_maxsize, whose default is 4,096). With its running batch, an agent keeps
-    # at most batch_max_records + stream_buffer_max_records records of up to max_record_bytes in
-    # memory, besides the last fetch of each partition.
+    # Maximum records Faust buffers for one agent before it stops fetching for it (Faust's
+    # stream_buffer_maxsize, default 4,096). An agent then keeps at most batch_max_records plus this
+    # many records in memory, besides the last fetch of each partition.
     stream_buffer_max_records: int = 400
     # Maximum time the worker waits to fill a batch of batch_max_records. bench.latency measured
     # immediate alerts at 158 ms p99 with 0.02 s and 288 ms with 0.1 s. Catching up with 100 rules

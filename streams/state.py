@@ -97,11 +97,10 @@ def _rocksdb_options() -> Options:
     table.set_block_cache(cache)
     table.set_block_size(BLOCK_BYTES)
     table.set_bloom_filter(10, False)
-    # Partitioned index and filter blocks live in the shared block cache, so they no longer grow with
-    # the data outside any budget (about 15 MiB at 1,000,000 tracked Pods). Only each file's top-level
-    # index stays pinned. Whole index and filter blocks in the cache were evicted and read again on
-    # every lookup, which made processing 5 to 10 times slower at 150,000 entries; 4 KiB partitions
-    # are cheap to read again.
+    # Index and filter blocks are split into partitions kept in the shared block cache, so they no
+    # longer grow outside any budget (15.4 MiB at 1,000,000 tracked Pods, docs/benchmarks.md).
+    # Unpartitioned blocks in the cache were evicted and read again on every lookup, which made
+    # processing 5 to 10 times slower at 150,000 entries.
     table.set_index_type(BlockBasedIndexType.two_level_index_search())
     table.set_partition_filters(True)
     table.set_metadata_block_size(METADATA_BLOCK_BYTES)

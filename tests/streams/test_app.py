@@ -14,7 +14,7 @@ def test_create_app_stream_buffer_from_settings(tmp_path: Path):
 
     app, runtime = create_app(settings, lambda: RuleSet([]))
     try:
-        # Faust's own default, 4,096 records of up to 1 MB each, would let a catch-up hold gigabytes.
+        # Faust's own default, 4,096 records of up to 1 MB each, would let a catch-up buffer gigabytes.
         assert app.conf.stream_buffer_maxsize == 123
     finally:
         runtime.close()

@@ -7,7 +7,7 @@ from pathlib import Path
 from streams.state import PartitionStore
 
 
-def test_partition_store_index_and_filter_in_block_cache(tmp_path: Path):
+def test_partition_store_index_in_block_cache(tmp_path: Path):
     store = PartitionStore(tmp_path, 0)
     try:
         keys = [b"e\x1fcluster\x1f%08d" % index for index in range(50_000)]
