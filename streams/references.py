@@ -40,6 +40,8 @@ INDEX_PREFIX = b"x\x1f"
 # Kinds that a kindField declaration (such as an HPA's scaleTargetRef.kind) may name.
 DYNAMIC_TARGET_KINDS = frozenset({"Deployment", "StatefulSet", "ReplicaSet", "ReplicationController"})
 METADATA_KEPT = ("name", "namespace", "uid", "labels", "deletionTimestamp")
+# Parsed projections a partition's ReferenceStore keeps for rule evaluation before it starts over.
+PARSED_CACHE_ENTRIES = 10_000
 
 ObjectKey = tuple[str, str, str, str]  # cluster, kind, namespace, name
 
@@ -150,6 +152,8 @@ class ReferenceStore:
         self._staged: dict[bytes, bytes | None] = {}
         # Staged index keys grouped by index_prefix, so that referrers_of reads only the ones it needs.
         self._staged_links: dict[bytes, set[bytes]] = {}
+        # Parsed projections that `get` read, at most PARSED_CACHE_ENTRIES. Writes update an entry but
+        # never add one, so that kinds no rule resolves keep no parsed copy in the Python heap.
         self._parsed: dict[bytes, Any] = {}
 
     def _current(self, state_key: bytes) -> bytes | None:
@@ -229,7 +233,7 @@ class ReferenceStore:
             return self._parsed[state_key]
         raw = self._staged[state_key] if state_key in self._staged else self._lookup(state_key)
         value = orjson.loads(raw) if raw is not None else None
-        if len(self._parsed) > 10_000:
+        if len(self._parsed) >= PARSED_CACHE_ENTRIES:
             self._parsed.clear()
         self._parsed[state_key] = value
         return value
@@ -242,7 +246,8 @@ class ReferenceStore:
         if current == raw:
             return False
         self._staged[state_key] = raw
-        self._parsed[state_key] = projection
+        if state_key in self._parsed:
+            self._parsed[state_key] = projection
         return True
 
     def delete(self, key: ObjectKey) -> bool:
@@ -252,7 +257,8 @@ class ReferenceStore:
         if current is None:
             return False
         self._staged[state_key] = None
-        self._parsed[state_key] = None
+        if state_key in self._parsed:
+            self._parsed[state_key] = None
         return True
 
     def resolver(self, cluster: str) -> Callable[[str, str, str], dict[str, Any] | None]:
@@ -264,6 +270,11 @@ class ReferenceStore:
             return self.get((cluster, kind, namespace, name))
 
         return resolve
+
+    @property
+    def cached_projections(self) -> int:
+        """Number of parsed projections kept for `get`."""
+        return len(self._parsed)
 
     def has_writes(self) -> bool:
         return bool(self._staged)

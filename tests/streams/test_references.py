@@ -405,3 +405,31 @@ def test_staged_index_matches_scan():
             assert store.referrers_of(target) == scanned_referrers(store, committed, target)
     assert compared > 1000
     assert any(key.startswith(INDEX_PREFIX) for key in committed)
+
+
+def test_written_projection_not_cached_until_read():
+    committed: dict[bytes, bytes] = {}
+    store = ReferenceStore(committed.get)
+    deployment = ("c1", "Deployment", "team-a", "web")
+
+    store.put(deployment, {"kind": "Deployment", "spec": {"replicas": 3}})
+
+    # A kind that no rule resolves is only written, so a parsed copy would only occupy the heap.
+    assert store.cached_projections == 0
+    assert store.get(deployment) == {"kind": "Deployment", "spec": {"replicas": 3}}
+    assert store.cached_projections == 1
+
+
+def test_cached_projection_follows_writes():
+    committed: dict[bytes, bytes] = {}
+    store = ReferenceStore(committed.get)
+    secret = ("c1", "Secret", "team-a", "db")
+    store.put(secret, {"kind": "Secret", "data": ["password"]})
+    assert store.get(secret) == {"kind": "Secret", "data": ["password"]}
+
+    store.put(secret, {"kind": "Secret", "data": ["password", "user"]})
+    assert store.get(secret) == {"kind": "Secret", "data": ["password", "user"]}
+
+    assert store.delete(secret)
+    assert store.get(secret) is None
+    assert store.cached_projections == 1
