@@ -31,7 +31,8 @@ import orjson
 from confluent_kafka import Consumer, KafkaError, KafkaException, Message, TopicPartition
 
 from kdiag.rules import RuleSet, load_rules
-from kdiag.settings import Settings
+from kdiag.settings import Settings, load_settings
+from streams.collector import configure_collector, time_collections
 from streams.processor import BatchResult, PartitionProcessor
 from streams.state import PartitionStore
 
@@ -107,6 +108,11 @@ def run(args: argparse.Namespace) -> dict:
         }
     )
     consumer.assign([TopicPartition(args.topic, partition) for partition in range(args.partitions)])
+    # The worker's collector settings, so that worker/bare does not count them as Faust's cost.
+    settings = load_settings()
+    configure_collector(settings.gc_freeze_startup, settings.gc_young_threshold_objects)
+    collections = time_collections()
+    collections_before = (list(collections.collections), list(collections.seconds))
     first_message_at: float | None = None
     first_usage = finished_usage = resource.getrusage(resource.RUSAGE_SELF)
     consumed = 0
@@ -124,6 +130,7 @@ def run(args: argparse.Namespace) -> dict:
             if first_message_at is None:
                 first_message_at = time.monotonic()
                 first_usage = resource.getrusage(resource.RUSAGE_SELF)
+                collections_before = (list(collections.collections), list(collections.seconds))
             for partition, partition_messages in by_partition.items():
                 consumed += len(partition_messages)
                 if args.consume_only:
@@ -136,6 +143,7 @@ def run(args: argparse.Namespace) -> dict:
             consumer.commit(asynchronous=True)
         finished_at = time.monotonic()
         finished_usage = resource.getrusage(resource.RUSAGE_SELF)
+        collections_after = (list(collections.collections), list(collections.seconds))
         try:
             consumer.commit(asynchronous=False)
         except KafkaException as error:
@@ -156,6 +164,8 @@ def run(args: argparse.Namespace) -> dict:
         "system_cpu_seconds": round(finished_usage.ru_stime - first_usage.ru_stime, 3),
         "minor_faults": finished_usage.ru_minflt - first_usage.ru_minflt,
         "changes_per_second": round(loop.changes / seconds) if seconds else 0,
+        "gc_seconds": round(sum(collections_after[1]) - sum(collections_before[1]), 3),
+        "gc_full_collections": collections_after[0][2] - collections_before[0][2],
         "timed_out": consumed < args.records,
     }
 

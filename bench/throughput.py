@@ -210,6 +210,9 @@ class RunResult:
     # Of cpu_seconds, the part spent in the kernel, and the minor page faults in the same time.
     system_seconds: float | None = None
     minor_faults: int | None = None
+    # Time in the cyclic garbage collector, and its collections of the oldest generation.
+    gc_seconds: float | None = None
+    gc_full_collections: int | None = None
     extra: dict[str, Any] = field(default_factory=dict)
 
     @property
@@ -230,6 +233,8 @@ class RunResult:
                 text += f" ({100 * self.system_seconds / self.cpu_seconds:.0f} % system)"
         if self.minor_faults is not None and self.changes:
             text += f", {self.minor_faults / self.changes:.1f} minor page faults per change"
+        if self.gc_seconds is not None:
+            text += f", {self.gc_seconds:.2f} s in the garbage collector ({self.gc_full_collections} full collections)"
         if self.peak_rss_mib is not None:
             text += f", peak RSS {self.peak_rss_mib:.0f} MiB"
         if self.alerts is not None:
@@ -251,6 +256,8 @@ class RunResult:
             "alerts": self.alerts,
             "system_cpu_seconds": round(self.system_seconds, 3) if self.system_seconds is not None else None,
             "minor_faults": self.minor_faults,
+            "gc_seconds": round(self.gc_seconds, 3) if self.gc_seconds is not None else None,
+            "gc_full_collections": self.gc_full_collections,
         }
         figures.update(self.extra)
         return figures
@@ -328,6 +335,8 @@ def run_bare(prefill_: Prefill, rules: list[Path], name: str, consume_only: bool
         alerts=None if consume_only else result["alerts"],
         system_seconds=result["system_cpu_seconds"],
         minor_faults=result["minor_faults"],
+        gc_seconds=result.get("gc_seconds"),
+        gc_full_collections=result.get("gc_full_collections"),
     )
 
 
@@ -401,6 +410,7 @@ def run_worker(
                     metrics = worker.metrics() or metrics
                     alerts = int(metric_sum(metrics, "kdiag_worker_alerts_total"))
                     batching = _batching(first_metrics, metrics, samples[-1][0] - first[0])
+                    collector = _collector(first_metrics, metrics)
                     break
             time.sleep(METRICS_POLL_SECONDS)
         if profiler is not None:
@@ -427,6 +437,8 @@ def run_worker(
         alerts=alerts,
         system_seconds=end_times.system_seconds - first[2].system_seconds,
         minor_faults=end_times.minor_faults - first[2].minor_faults,
+        gc_seconds=collector[0],
+        gc_full_collections=collector[1],
         extra={"startup_seconds": round(startup, 2), "app_id": app_id, **batching},
     )
 
@@ -447,6 +459,13 @@ def _batching(start: dict[str, float], end: dict[str, float], seconds: float) ->
         "records_per_transaction": round(records / transactions, 1) if transactions else 0.0,
         "share_inside_batches": round(inside / seconds, 2) if seconds else 0.0,
     }
+
+
+def _collector(start: dict[str, float], end: dict[str, float]) -> tuple[float, int]:
+    """Return the worker's seconds in the garbage collector and its full collections between two samples."""
+    seconds = metric_sum(end, "kdiag_gc_pause_seconds_sum") - metric_sum(start, "kdiag_gc_pause_seconds_sum")
+    full = 'kdiag_gc_pause_seconds_count{generation="2"}'
+    return seconds, int(end.get(full, 0.0) - start.get(full, 0.0))
 
 
 def run_quix(prefill_: Prefill, rules: list[Path], name: str) -> RunResult:

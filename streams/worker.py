@@ -24,6 +24,7 @@ from kdiag.settings import Settings
 from kdiag.topics import ensure_topics
 from streams.app import create_app
 from streams.cluster_objects import ClusterObjects
+from streams.collector import configure_collector
 
 log = logging.getLogger(__name__)
 
@@ -114,6 +115,7 @@ def run(args: argparse.Namespace, settings: Settings) -> int:
     app, runtime = create_app(settings, rules, cluster_objects, graphs, center)
     code = 0
     worker = faust.Worker(app, quiet=True, redirect_stdouts=False, override_logging=False, loglevel="WARNING")
+    configure_collector(settings.gc_freeze_startup, settings.gc_young_threshold_objects)
     try:
         worker.execute_from_commandline()
     except SystemExit as exit_:

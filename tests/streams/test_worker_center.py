@@ -185,3 +185,5 @@ def test_flapping_reasons_stay_one_alert(pipeline):
         exposition = response.read().decode()
     assert 'kdiag_alertcenter_mttr_seconds_sum{level="P3",rule="PodImagePullError"} 600.0' in exposition
     assert 'kdiag_worker_stage_batch_seconds_count{stage="alert-center"}' in exposition
+    # The worker times the garbage collector's pauses.
+    assert 'kdiag_gc_pause_seconds_count{generation="0"}' in exposition
