@@ -9,6 +9,7 @@ from pathlib import Path
 import orjson
 import pytest
 from confluent_kafka import Producer
+from confluent_kafka.admin import AdminClient, AlterConfigOpType, ConfigEntry, ConfigResource, ResourceType
 
 from kdiag.codec import codec
 
@@ -352,3 +353,29 @@ def test_cluster_scoped_reference_across_partitions(pipeline, tmp_path: Path):
         produce_tick(pipeline, "sc", 1_614_593_220_000)
         time.sleep(1)
     assert [(alert["status"], alert["resolveReason"]) for alert in alerts] == [("FIRING", ""), ("RESOLVED", "recovered")]
+
+
+def test_compressed_input_topics_processed(pipeline):
+    # A topic's compression.type makes the broker store its batches with that codec, whatever the
+    # producer sent. Each stage's input topic gets another codec.
+    settings = pipeline.settings
+    codecs = {settings.changes_topic: "lz4", settings.diagnoses_topic: "zstd", settings.events_topic: "snappy"}
+    admin = AdminClient({"bootstrap.servers": settings.bootstrap_servers})
+    resources = [
+        ConfigResource(
+            ResourceType.TOPIC,
+            topic,
+            incremental_configs=[ConfigEntry("compression.type", codec_name, incremental_operation=AlterConfigOpType.SET)],
+        )
+        for topic, codec_name in codecs.items()
+    ]
+    for future in admin.incremental_alter_configs(resources).values():
+        future.result(30)
+
+    pipeline.start_worker()
+    pipeline.replay(str(CORPUS / "25-job-backofflimitexceeded.yaml"), "--hold", "1h")
+    alerts = pipeline.wait_for_alerts()
+
+    assert [(alert["rule"], alert["status"]) for alert in alerts] == [("JobFailed", "FIRING")]
+    graded = pipeline.graded_alerts()
+    assert [(record["rule"], record["type"]) for record in graded] == [("JobFailed", "FIRING")]
