@@ -135,4 +135,10 @@ def load_settings(environ: dict[str, str] | None = None, **overrides: object) ->
     settings = Settings(**values)
     if settings.partitions < 1:
         raise ConfigError(f"partitions must be at least 1, got {settings.partitions}")
+    if settings.gc_young_threshold_objects < 1:
+        # gc.set_threshold(0) turns automatic collection off, and unreachable cycles would pile up.
+        raise ConfigError(
+            f"invalid KDIAG_GC_YOUNG_THRESHOLD_OBJECTS {settings.gc_young_threshold_objects}: expected at least 1; "
+            f"unset it for Python's default of 700"
+        )
     return settings
