@@ -25,6 +25,7 @@ from kdiag.topics import ensure_topics
 from streams.app import create_app
 from streams.cluster_objects import ClusterObjects
 from streams.collector import configure_collector
+from streams.runtime import bound_free_arena_memory
 
 log = logging.getLogger(__name__)
 
@@ -69,6 +70,8 @@ def run(args: argparse.Namespace, settings: Settings) -> int:
             if value is not None
         }
     )
+    if not bound_free_arena_memory():
+        log.info("mallopt is not available, so glibc keeps free memory at the top of thread arenas")
     # Bind the metrics port first: a caller that picked a free port keeps it for the shortest time.
     if settings.metrics_port:
         start_http_server(settings.metrics_port, addr="127.0.0.1")

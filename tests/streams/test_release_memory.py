@@ -1,6 +1,7 @@
 """streams.runtime returns freed C heap memory to the operating system."""
 
 import random
+import subprocess
 import sys
 import time
 
@@ -8,7 +9,7 @@ import pytest
 
 from kdiag.rules import RuleSet
 from kdiag.settings import Settings
-from streams.runtime import TRIM_INTERVAL_SECONDS, WorkerRuntime, release_free_memory
+from streams.runtime import TRIM_INTERVAL_SECONDS, TRIM_THRESHOLD_BYTES, WorkerRuntime, release_free_memory
 
 
 def rss_kib() -> int:
@@ -54,3 +55,59 @@ def test_release_memory_waits_for_interval(tmp_path):
     runtime._trimmed_at -= TRIM_INTERVAL_SECONDS
     assert runtime.release_memory_if_due()
     assert not runtime.release_memory_if_due()
+
+
+# Allocates 24 MiB in a thread, which gets its own glibc arena, and frees it again. A 16 MiB block
+# freed first makes glibc raise its trim threshold to 32 MiB, as the worker's large batches do, so
+# by default the arena keeps the freed 24 MiB at its top.
+THREAD_ARENA_SCRIPT = """
+import ctypes, sys, threading
+from streams.runtime import bound_free_arena_memory, release_free_memory
+
+if sys.argv[1] == "bound":
+    assert bound_free_arena_memory()
+libc = ctypes.CDLL(None)
+libc.malloc.restype = ctypes.c_void_p
+libc.malloc.argtypes = [ctypes.c_size_t]
+libc.free.argtypes = [ctypes.c_void_p]
+
+def rss_kib():
+    with open("/proc/self/status") as status:
+        return next(int(line.split()[1]) for line in status if line.startswith("VmRSS:"))
+
+def allocate_and_free():
+    large = libc.malloc(16 << 20)
+    ctypes.memset(large, 1, 16 << 20)
+    libc.free(large)
+    blocks = [libc.malloc(64 << 10) for _ in range(384)]
+    for block in blocks:
+        ctypes.memset(block, 1, 64 << 10)
+    for block in reversed(blocks):
+        libc.free(block)
+
+before = rss_kib()
+thread = threading.Thread(target=allocate_and_free)
+thread.start()
+thread.join()
+release_free_memory()
+print(rss_kib() - before)
+"""
+
+
+def _thread_arena_growth_kib(mode: str) -> int:
+    result = subprocess.run(
+        [sys.executable, "-c", THREAD_ARENA_SCRIPT, mode], capture_output=True, text=True, timeout=60, check=True
+    )
+    return int(result.stdout.strip())
+
+
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="reads /proc and needs glibc")
+def test_thread_arena_top_kept_by_default():
+    # malloc_trim returns the top of the main arena only, so a thread arena keeps its freed top.
+    assert _thread_arena_growth_kib("default") > 16 * 1024
+
+
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="reads /proc and needs glibc")
+def test_bounded_thread_arena_returns_top():
+    growth_kib = _thread_arena_growth_kib("bound")
+    assert growth_kib < TRIM_THRESHOLD_BYTES // 1024 + 2 * 1024
