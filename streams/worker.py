@@ -71,7 +71,7 @@ def run(args: argparse.Namespace, settings: Settings) -> int:
         }
     )
     if not bound_free_arena_memory():
-        log.info("mallopt is not available, so glibc keeps free memory at the top of thread arenas")
+        log.info("allocator thresholds not set: mallopt is missing or rejected them, so thread arenas keep their free tops")
     # Bind the metrics port first: a caller that picked a free port keeps it for the shortest time.
     if settings.metrics_port:
         start_http_server(settings.metrics_port, addr="127.0.0.1")
