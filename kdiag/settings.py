@@ -55,9 +55,11 @@ class Settings:
     # stream_buffer_maxsize, default 4,096). An agent then keeps at most batch_max_records plus this
     # many records in memory, besides the last fetch of each partition.
     stream_buffer_max_records: int = 400
-    # Freeze the objects that startup built, so that garbage collections skip them (streams/collector.py).
+    # Whether the worker freezes the objects that startup built, so that garbage collections skip them
+    # (streams/collector.py).
     gc_freeze_startup: bool = True
-    # New container objects that trigger a collection of the youngest generation (Python's default 700).
+    # Number of new container objects that triggers a collection of the youngest generation (Python's
+    # default 700).
     gc_young_threshold_objects: int = 700
     # Maximum time the worker waits to fill a batch of batch_max_records. bench.latency measured
     # immediate alerts at 158 ms p99 with 0.02 s and 288 ms with 0.1 s. Catching up with 100 rules
@@ -138,7 +140,7 @@ def load_settings(environ: dict[str, str] | None = None, **overrides: object) ->
     if settings.gc_young_threshold_objects < 1:
         # gc.set_threshold(0) turns automatic collection off, and unreachable cycles would pile up.
         raise ConfigError(
-            f"invalid KDIAG_GC_YOUNG_THRESHOLD_OBJECTS {settings.gc_young_threshold_objects}: expected at least 1; "
-            f"unset it for Python's default of 700"
+            f"invalid KDIAG_GC_YOUNG_THRESHOLD_OBJECTS {settings.gc_young_threshold_objects}: expected at least 1. "
+            f"Unset it for Python's default of 700"
         )
     return settings

@@ -40,7 +40,8 @@ INDEX_PREFIX = b"x\x1f"
 # Kinds that a kindField declaration (such as an HPA's scaleTargetRef.kind) may name.
 DYNAMIC_TARGET_KINDS = frozenset({"Deployment", "StatefulSet", "ReplicaSet", "ReplicationController"})
 METADATA_KEPT = ("name", "namespace", "uid", "labels", "deletionTimestamp")
-# Parsed projections a partition's ReferenceStore keeps for rule evaluation before it starts over.
+# Maximum parsed projections that a partition's ReferenceStore caches for rule evaluation. A full
+# cache is cleared and filled again.
 PARSED_CACHE_ENTRIES = 10_000
 
 ObjectKey = tuple[str, str, str, str]  # cluster, kind, namespace, name

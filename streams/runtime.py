@@ -52,16 +52,20 @@ _M_MMAP_THRESHOLD = -3
 TRIM_THRESHOLD_BYTES = 8 * 1024 * 1024
 # Blocks from this size on get their own mapping. Fixing the trim threshold also stops glibc from
 # raising this one, so it is set to the largest value glibc's own adjustment reaches (32 MiB on 64-bit).
-# A threshold of 64 KiB cost the worker about a quarter of its rate in bench.throughput.
+# A threshold of 64 KiB cost the worker about a quarter of its rate (docs/benchmarks.md, runs T11, T12).
 MMAP_THRESHOLD_BYTES = 32 * 1024 * 1024
 
 
 def bound_free_arena_memory() -> bool:
-    """Make glibc return free memory at the top of every arena above TRIM_THRESHOLD_BYTES. Returns
-    False without glibc."""
+    """Make glibc return free memory at the top of every arena above TRIM_THRESHOLD_BYTES.
+
+    Returns False without glibc's mallopt, or when mallopt rejects a threshold.
+    """
     if _mallopt is None:
         return False
-    return bool(_mallopt(_M_MMAP_THRESHOLD, MMAP_THRESHOLD_BYTES)) and bool(_mallopt(_M_TRIM_THRESHOLD, TRIM_THRESHOLD_BYTES))
+    if not _mallopt(_M_MMAP_THRESHOLD, MMAP_THRESHOLD_BYTES):
+        return False
+    return bool(_mallopt(_M_TRIM_THRESHOLD, TRIM_THRESHOLD_BYTES))
 
 
 def release_free_memory() -> bool:
