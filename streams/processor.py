@@ -28,7 +28,7 @@ from kdiag.rules.schedule import next_check_ms
 from streams.references import DYNAMIC_TARGET_KINDS, ObjectKey, ReferencePlan, ReferenceStore, strip_for_storage
 from streams.related_objects import TABLE_KINDS, RelatedTable
 from kdiag.errors import DecodeError, KdiagError
-from kdiag.rules import RuleSet
+from kdiag.rules import RuleSet, SharedResults
 from streams.state import NEXT_OFFSET_KEY, StateWrite, clock_state_key, entry_state_key
 
 log = logging.getLogger(__name__)
@@ -111,6 +111,9 @@ class PartitionProcessor:
         self.next_offset = next_offset
         self.references = ReferenceStore(lookup, scan)
         self.plan = ReferencePlan.from_rule_set(rule_set)
+        # Per rule name, whether the rule refers to cluster-scoped kinds (see _can_resolve).
+        self._reads_cluster_scoped: dict[str, bool] = {}
+        self._owned_clusters: dict[str, bool] = {}
         self._cluster_objects = cluster_objects
         self._cluster_nodes = cluster_nodes
         self.forward_warnings = forward_warnings
@@ -136,6 +139,7 @@ class PartitionProcessor:
         deleted = self.tracker.rules() - set(rule_set.names)
         self.rule_set = rule_set
         self.plan = ReferencePlan.from_rule_set(rule_set)
+        self._reads_cluster_scoped.clear()
         self.related.watch_kinds(rule_set.kinds)
         self._rules_checked = True
         for rule in sorted(deleted):
@@ -264,8 +268,10 @@ class PartitionProcessor:
         are only scheduled: they run at their check times."""
         cluster = ref.cluster
         resolve = self._resolver(cluster)
-        # Shared by the rules and the reference tracking, so that each declaration is extracted once.
+        # Shared by the rules and the reference tracking, so that each declaration is extracted once
+        # and each distinct condition evaluated once.
         extracted = ExtractedReferences(obj)
+        shared = SharedResults(obj)
         results = []
         reference_rules = []
         periodic_rules = []
@@ -275,9 +281,9 @@ class PartitionProcessor:
                 continue
             if rule.uses_references:
                 reference_rules.append(rule)
-                match = rule.evaluate(obj, resolve, extracted) if self._can_resolve(rule, cluster) else None
+                match = rule.evaluate(obj, resolve, extracted, shared) if self._can_resolve(rule, cluster) else None
             else:
-                match = rule.evaluate(obj)
+                match = rule.evaluate(obj, shared=shared)
             start_ms = rule.active_since_ms(obj) if match is not None and rule.duration_from is not None else None
             results.append((rule.name, rule.duration_seconds, match, start_ms))
         result.alerts.extend(self.tracker.observe(ref, time_ms, results))
@@ -314,15 +320,20 @@ class PartitionProcessor:
 
     def _owns_cluster_scoped(self, cluster: str) -> bool:
         """Return whether the cluster's cluster-scoped objects arrive on this partition (key "<cluster>/")."""
-        return partition_for_key(topic_key(cluster, "").encode(), self.partitions) == self.partition
+        owns = self._owned_clusters.get(cluster)
+        if owns is None:
+            owns = self._owned_clusters[cluster] = partition_for_key(topic_key(cluster, "").encode(), self.partitions) == self.partition
+        return owns
 
     def _can_resolve(self, rule: Any, cluster: str) -> bool:
         """Return whether this partition can look up every object the rule refers to."""
         if self._cluster_objects is not None:
             return True
-        if not any(kind in CLUSTER_SCOPED_KINDS for kind in self._rule_target_kinds(rule)):
-            return True
-        return self._owns_cluster_scoped(cluster)
+        reads_cluster_scoped = self._reads_cluster_scoped.get(rule.name)
+        if reads_cluster_scoped is None:
+            reads_cluster_scoped = any(kind in CLUSTER_SCOPED_KINDS for kind in self._rule_target_kinds(rule))
+            self._reads_cluster_scoped[rule.name] = reads_cluster_scoped
+        return not reads_cluster_scoped or self._owns_cluster_scoped(cluster)
 
     def _resolver(self, cluster: str) -> Callable[[str, str, str], dict[str, Any] | None]:
         local = self.references.resolver(cluster)
@@ -359,12 +370,13 @@ class PartitionProcessor:
     def _evaluate_references(self, ref: ObjectRef, obj: dict[str, Any], rules: list[Any], time_ms: int) -> list[AlertEvent]:
         resolve = self._resolver(ref.cluster)
         extracted = ExtractedReferences(obj)
+        shared = SharedResults(obj)
         results = []
         for rule in rules:
             if not rule.uses_references:
-                match = rule.evaluate(obj)
+                match = rule.evaluate(obj, shared=shared)
             else:
-                match = rule.evaluate(obj, resolve, extracted) if self._can_resolve(rule, ref.cluster) else None
+                match = rule.evaluate(obj, resolve, extracted, shared) if self._can_resolve(rule, ref.cluster) else None
             start_ms = rule.active_since_ms(obj) if match is not None and rule.duration_from is not None else None
             results.append((rule.name, rule.duration_seconds, match, start_ms))
         return self.tracker.observe(ref, time_ms, results)

@@ -60,7 +60,7 @@ rules are rejected with RuleError, which names the rule, the path inside it and 
 """
 
 from kdiag.rules.conditions import FieldCondition
-from kdiag.rules.engine import DurationSource, Match, Rule, RuleSet
+from kdiag.rules.engine import DurationSource, Match, Rule, RuleSet, SharedResults
 from kdiag.rules.loader import ValidationReport, load_rule_file, load_rules, validate_rule_paths
 from kdiag.rules.parser import check_rules, parse_rules
 from kdiag.rules.quantities import parse_quantity
@@ -91,6 +91,7 @@ __all__ = [
     "ReferenceState",
     "Rule",
     "RuleSet",
+    "SharedResults",
     "ValidationReport",
     "check_rules",
     "extract_references",

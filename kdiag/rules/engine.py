@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import weakref
 from collections.abc import Iterable, Iterator, Mapping
 from dataclasses import dataclass, field
 from typing import Any
@@ -99,6 +100,7 @@ class Rule:
         "_checks",
         "_reference_filters",
         "_reference_checks",
+        "_shared_steps",
     )
 
     def __init__(
@@ -137,6 +139,9 @@ class Rule:
             self._checks = tuple(compile_check(condition) for condition in check_fields)
             self._reference_filters = None
             self._reference_checks = None
+        self._shared_steps = tuple(
+            _shared_step(condition, declarations, in_context=False) for condition in filter_fields
+        ) + tuple(_shared_step(condition, declarations, in_context=True) for condition in check_fields)
 
     @property
     def uses_references(self) -> bool:
@@ -144,7 +149,11 @@ class Rule:
         return self._reference_checks is not None
 
     def evaluate(
-        self, obj: Mapping[str, Any], resolve: Resolver | None = None, extracted: ExtractedReferences | None = None
+        self,
+        obj: Mapping[str, Any],
+        resolve: Resolver | None = None,
+        extracted: ExtractedReferences | None = None,
+        shared: "SharedResults | None" = None,
     ) -> Match | None:
         """Return a Match when obj has the rule's kind and every filter and check holds, else None.
 
@@ -153,7 +162,9 @@ class Rule:
         reference conditions matches only when resolve is given, because those conditions read the
         referenced objects that resolve(kind, namespace, name) returns. Rules evaluated on the same
         object can share one ExtractedReferences(obj) as extracted, so that each declaration is
-        extracted once. Raises ValueError when extracted belongs to another object.
+        extracted once. Likewise they can share one SharedResults(obj) as shared, so that a condition
+        that several of them have is evaluated once; they must then all get the same resolve. Raises
+        ValueError when extracted or shared belongs to another object.
         """
         if type(obj) is dict or isinstance(obj, Mapping):
             if obj.get("kind") != self.kind:
@@ -161,6 +172,8 @@ class Rule:
         else:
             return None
 
+        if shared is not None:
+            return self._evaluate_shared(obj, resolve, extracted, shared)
         if self._reference_checks is not None:
             return self._evaluate_with_references(obj, resolve, extracted)
 
@@ -196,6 +209,31 @@ class Rule:
             context[entry[0]] = entry[1]
         return Match(self, context)
 
+    def _evaluate_shared(
+        self, obj: Mapping[str, Any], resolve: Resolver | None, extracted: ExtractedReferences | None, shared: "SharedResults"
+    ) -> Match | None:
+        if shared.obj is not obj:
+            raise ValueError(f"rule {self.name}: the shared condition results belong to another object than the one evaluated")
+        if self._reference_checks is not None:
+            if resolve is None:
+                return None
+            if extracted is None:
+                extracted = ExtractedReferences(obj)
+            elif extracted.obj is not obj:
+                raise ValueError(f"rule {self.name}: the extracted references belong to another object than the one evaluated")
+        results = shared.results
+        context: dict[str, str] = {}
+        for check, reads_references, in_context in self._shared_steps:
+            entry = results.get(check, _NOT_EVALUATED)
+            if entry is _NOT_EVALUATED:
+                entry = check(obj, resolve, extracted) if reads_references else check(obj)
+                results[check] = entry
+            if entry is None:
+                return None
+            if in_context:
+                context[entry[0]] = entry[1]
+        return Match(self, context)
+
     def active_since_ms(self, obj: Mapping[str, Any]) -> int | None:
         """Return the start of the anomaly that durationFrom names in obj, in epoch milliseconds.
 
@@ -208,6 +246,50 @@ class Rule:
 
     def __repr__(self) -> str:
         return f"Rule(name={self.name!r}, kind={self.kind!r}, source={self.source!r})"
+
+
+class SharedResults:
+    """The results of conditions on one object, shared by the rules evaluated on it.
+
+    Equal conditions of different rules compile into one check (see _shared_step), so a rule can
+    reuse the result that another rule's evaluation of the same condition left here. Conditions
+    read only the object and, for reference conditions, the resolver, so the rules that share one
+    SharedResults must get the same resolver.
+    """
+
+    __slots__ = ("obj", "results")
+
+    def __init__(self, obj: Any) -> None:
+        self.obj = obj
+        # A check's context entry, or None when its condition does not hold.
+        self.results: dict[Any, tuple[str, str] | None] = {}
+
+
+_NOT_EVALUATED = object()
+# One compiled check per distinct condition in the process, whichever rules have it. For a reference
+# condition the key also holds its declaration, because the check reads the references it declares.
+# A check leaves the map with the last rule that has it, so reloading edited rules does not grow it.
+_SHARED_CHECKS: weakref.WeakValueDictionary[Any, Any] = weakref.WeakValueDictionary()
+
+
+def _shared_step(
+    condition: Condition, declarations: Mapping[str, ReferenceDeclaration], in_context: bool
+) -> tuple[Any, bool, bool]:
+    """Return (check, whether it reads references, whether its entry goes into the context) for a condition.
+
+    The check is the same object for every equal condition, so that SharedResults can key its
+    results by it. A filter's check returns an entry too: a filter holds when its entry is not None.
+    """
+    if isinstance(condition, ReferenceCondition):
+        key: Any = (condition, declarations[condition.reference])
+        check = _SHARED_CHECKS.get(key)
+        if check is None:
+            check = _SHARED_CHECKS[key] = compile_reference_condition(condition, declarations[condition.reference])
+        return check, True, in_context
+    check = _SHARED_CHECKS.get(condition)
+    if check is None:
+        check = _SHARED_CHECKS[condition] = compile_check(condition)
+    return check, False, in_context
 
 
 def _compile_with_resolver(condition: Condition, declarations: Mapping[str, ReferenceDeclaration]) -> ReferenceCheck:

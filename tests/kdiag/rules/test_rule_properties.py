@@ -20,6 +20,7 @@ from kdiag.rules import (
     ReferenceKey,
     ReferenceSource,
     Rule,
+    SharedResults,
     extract_references,
     load_rules,
     parse_rules,
@@ -179,6 +180,13 @@ CURRENT_OBJECT: list[Any] = [None]
 
 def assert_evaluates_cleanly(obj: Any) -> None:
     CURRENT_OBJECT[0] = obj
+    # Every rule of the set reuses the results of equal conditions through one SharedResults,
+    # as the worker evaluates them, and must match exactly as when it evaluates alone.
+    shared = SharedResults(obj)
+    shared_with_references = SharedResults(obj)
+    for rule in RULES:
+        assert rule.evaluate(obj, shared=shared) == rule.evaluate(obj)
+        assert rule.evaluate(obj, resolve_to_self, shared=shared_with_references) == rule.evaluate(obj, resolve_to_self)
     for rule in RULES:
         for result in (rule.evaluate(obj), rule.evaluate(obj, resolve_to_self)):
             if result is None:
