@@ -368,11 +368,13 @@ class WorkerProcess:
         rules: list[Path] | None = None,
         label: str = "worker",
         extra_env: dict[str, str] | None = None,
+        launcher: Sequence[str] | None = None,
     ) -> None:
+        """`launcher` is the command that runs kdiag's arguments, `kdiag` itself by default."""
         self.topics = topics
         self.metrics_port = free_port()
         self.log_path = topics.work_dir / f"{label}.log"
-        command = [str(KDIAG_BIN), "worker", "--metrics-port", str(self.metrics_port)]
+        command = [*(launcher or [str(KDIAG_BIN)]), "worker", "--metrics-port", str(self.metrics_port)]
         for path in rules or [PACK_RULES]:
             command += ["--rules", str(path)]
         # Faust writes <app id>-data into the working folder, so the worker runs in the temp folder.

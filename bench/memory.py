@@ -23,10 +23,10 @@ worker does (streams.state.StoredEntries). tracemalloc sees only Python's alloca
 from __future__ import annotations
 
 import argparse
+import contextlib
 import re
 import shutil
 import statistics
-import subprocess
 import sys
 import tempfile
 import time
@@ -53,6 +53,7 @@ from bench import (
     report,
     rss_kib,
 )
+from bench.heap_snapshot import HEAP_FILE_VARIABLE, HEAP_SNAPSHOT_SCRIPT, request_path
 from connectors.publisher import Publisher, producer_config
 from kdiag.codec import codec
 from kdiag.model import ResourceChange, format_time_ms
@@ -177,104 +178,25 @@ def rss_breakdown(pid: int) -> dict[str, int]:
     return dict(sorted(totals.items(), key=lambda item: -item[1]))
 
 
-def malloc_stats(pid: int, log_path: Path) -> list[str]:
-    """Make the worker print glibc's malloc_stats to its log through gdb, and return those lines.
+def heap_snapshot(worker: WorkerProcess, heap_file: Path, timeout_seconds: float = 300.0) -> list[str]:
+    """Make a worker started through bench/heap_snapshot.py write its heap snapshot to heap_file, and
+    keep a copy of its /proc/<pid>/smaps beside it.
 
-    gdb stops the worker for about a second. Returns an empty list without gdb.
+    Returns the snapshot's lines of glibc's malloc_stats and pymalloc's totals, or raises BenchError
+    when no snapshot came within timeout_seconds.
     """
-    gdb = shutil.which("gdb")
-    if gdb is None:
-        return []
-    before = log_path.stat().st_size
-    subprocess.run(
-        [gdb, "-p", str(pid), "-batch", "-nx", "-ex", "call (void) malloc_stats()"],
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.DEVNULL,
-        timeout=60,
-        check=False,
-    )
-    with open(log_path, "rb") as log_file:
-        log_file.seek(before)
-        text = log_file.read().decode(errors="replace")
+    heap_file.unlink(missing_ok=True)
+    request_path(heap_file).touch()
+    deadline = time.monotonic() + timeout_seconds
+    while not heap_file.exists():
+        worker.check_running()
+        if time.monotonic() > deadline:
+            raise BenchError(f"the worker wrote no heap snapshot to {heap_file} within {timeout_seconds} s")
+        time.sleep(0.2)
+    with contextlib.suppress(OSError):
+        shutil.copyfile(f"/proc/{worker.pid}/smaps", heap_file.with_suffix(".smaps"))
+    text = heap_file.read_text(errors="replace")
     return [line for line in text.splitlines() if "bytes" in line or line.startswith("Arena") or "mmap" in line]
-
-
-_SNAPSHOT_CODE = """
-import sys, tracemalloc
-sys._debugmallocstats()
-_snapshot = tracemalloc.take_snapshot() if tracemalloc.is_tracing() else None
-with open({path!r}, "w") as _out:
-    if _snapshot is not None:
-        _traced, _peak = tracemalloc.get_traced_memory()
-        _out.write(f"traced {{_traced}} bytes, peak {{_peak}} bytes, tracemalloc's own {{tracemalloc.get_tracemalloc_memory()}} bytes\\n")
-        for _group in ("filename", "lineno"):
-            _out.write(f"top by {{_group}}:\\n")
-            for _stat in _snapshot.statistics(_group)[:30]:
-                _out.write(f"{{_stat}}\\n")
-    # Containers that reference bytes of 16 KiB or more (record values), and the referrers of those containers.
-    import gc
-    _holders = {{}}
-    for _object in gc.get_objects():
-        _big = [_item for _item in gc.get_referents(_object) if type(_item) is bytes and len(_item) >= 16384]
-        if _big:
-            _owners = sorted({{type(_owner).__qualname__ for _owner in gc.get_referrers(_object)}})[:6]
-            _key = (type(_object).__qualname__, tuple(_owners))
-            _count, _size = _holders.get(_key, (0, 0))
-            _holders[_key] = (_count + len(_big), _size + sum(len(_item) for _item in _big))
-            del _owners
-        del _big
-    del _object
-    _out.write("holders of bytes of 16 KiB or more (holder type, types referring to the holder):\\n")
-    for (_kind, _owners), (_count, _size) in sorted(_holders.items(), key=lambda _item: -_item[1][1])[:20]:
-        _out.write(f"{{_size / 1048576:8.1f}} MiB in {{_count}} bytes: {{_kind}} <- {{_owners}}\\n")
-    # RocksDB's own accounting, summed over the open databases (the block cache is shared, so it is the max).
-    from rocksdict import Rdict
-    _totals = {{}}
-    _databases = {{}}
-    for _object in gc.get_objects():
-        _attributes = getattr(_object, "__dict__", None)
-        if isinstance(_attributes, dict):
-            for _value in _attributes.values():
-                if isinstance(_value, Rdict):
-                    _databases[id(_value)] = _value
-    for _database in _databases.values():
-        for _name in ("cur-size-all-mem-tables", "size-all-mem-tables", "estimate-table-readers-mem", "block-cache-usage", "block-cache-pinned-usage"):
-            try:
-                _value = _database.property_int_value("rocksdb." + _name) or 0
-            except Exception:
-                continue
-            if _name.startswith("block-cache"):
-                _totals[_name] = max(_totals.get(_name, 0), _value)
-            else:
-                _totals[_name] = _totals.get(_name, 0) + _value
-        _totals["databases"] = _totals.get("databases", 0) + 1
-    _out.write(f"rocksdb: {{_totals}}\\n")
-del _snapshot, _holders, _databases
-"""
-
-
-def python_heap(pid: int, path: Path) -> bool:
-    """Make a worker write the holders of large bytes objects and RocksDB's memory properties to `path`,
-    through gdb, and its tracemalloc top lines if it runs with PYTHONTRACEMALLOC.
-
-    The worker also prints sys._debugmallocstats() to its log. Returns False without gdb or when the
-    worker wrote nothing.
-    """
-    gdb = shutil.which("gdb")
-    if gdb is None:
-        return False
-    script = path.with_suffix(".py")
-    script.write_text(_SNAPSHOT_CODE.format(path=str(path)))
-    commands = [
-        "call (int) PyGILState_Ensure()",
-        f"call (int) PyRun_SimpleString(\"exec(open('{script}').read())\")",
-        "call (void) PyGILState_Release($1)",
-    ]
-    arguments = [gdb, "-p", str(pid), "-batch", "-nx"]
-    for command in commands:
-        arguments += ["-ex", command]
-    subprocess.run(arguments, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, timeout=300, check=False)
-    return path.exists()
 
 
 def measure_point(
@@ -292,7 +214,13 @@ def measure_point(
     try:
         progress(f"memory: {tracked} tracked objects on {partitions} partitions")
         records = fill(topics.settings, tracked)
-        worker = WorkerProcess(topics, extra_env=worker_env)
+        snapshot = breakdown or log_dir is not None
+        heap_file = (log_dir or topics.work_dir).resolve() / f"heap-{tracked}-{partitions}p.txt"
+        worker = WorkerProcess(
+            topics,
+            extra_env={**(worker_env or {}), HEAP_FILE_VARIABLE: str(heap_file)} if snapshot else worker_env,
+            launcher=[sys.executable, str(HEAP_SNAPSHOT_SCRIPT)] if snapshot else None,
+        )
         sampler = RssSampler(worker.pid).start()
         try:
             started = time.monotonic()
@@ -314,10 +242,9 @@ def measure_point(
             metrics = worker.metrics() or {}
             if breakdown:
                 mappings = rss_breakdown(worker.pid)
-                arenas = malloc_stats(worker.pid, worker.log_path)
-            if log_dir is not None:
-                log_dir.mkdir(parents=True, exist_ok=True)
-                python_heap(worker.pid, (log_dir / f"heap-{tracked}-{partitions}p-{worker.pid}.txt").resolve())
+            if snapshot:
+                heap_file.parent.mkdir(parents=True, exist_ok=True)
+                arenas = heap_snapshot(worker, heap_file)
         finally:
             sampler.stop()
             worker.stop()
@@ -481,13 +408,13 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--breakdown",
         action="store_true",
-        help="after each point, split the worker's RSS by mapping (/proc/<pid>/smaps) and print glibc's malloc_stats (needs gdb)",
+        help="after each point, split the worker's RSS by mapping (/proc/<pid>/smaps) and print glibc's malloc_stats",
     )
     parser.add_argument(
         "--log-dir",
         type=Path,
-        help="copy each point's worker log into this folder, with a snapshot of its heap and RocksDB memory (needs gdb; "
-        "PYTHONTRACEMALLOC=1 in --worker-env adds tracemalloc's top lines)",
+        help="copy each point's worker log into this folder, with a snapshot of its heap and RocksDB memory "
+        "(PYTHONTRACEMALLOC=1 in --worker-env adds tracemalloc's top lines)",
     )
     parser.add_argument("--bootstrap-servers", help="use this broker instead of starting one")
 

@@ -21,6 +21,7 @@ from typing import Any, Callable, Protocol, Sequence
 import orjson
 from confluent_kafka import KafkaError, KafkaException, Producer
 
+from kdiag import json_bytes
 from kdiag.codec import codec
 from kdiag.errors import KdiagError
 from kdiag.model import ResourceChange, Tick
@@ -143,7 +144,7 @@ def encode_object(obj: dict[str, Any]) -> bytes:
 def dump_json(value: Any, sort_keys: bool = False) -> bytes:
     """Serialize parsed YAML or JSON, writing bytes (YAML !!binary) as base64 like Kubernetes does."""
     option = orjson.OPT_NON_STR_KEYS | (orjson.OPT_SORT_KEYS if sort_keys else 0)
-    return orjson.dumps(value, default=_json_default, option=option)
+    return json_bytes.dumps(value, option=option, default=_json_default)
 
 
 def _json_default(value: Any) -> Any:

@@ -61,6 +61,7 @@ from connectors.publisher import (
     encode_object,
     producer_config,
 )
+from kdiag import json_bytes
 from kdiag.errors import KdiagError
 from kdiag.model import ResourceChange
 from kdiag.settings import Settings
@@ -759,7 +760,7 @@ class ResourceWatch:
         )
         queued = QueuedChange(
             self.resource, self.progress, uid, entry.namespace, entry.name, list_version, "DELETED",
-            orjson.dumps(obj), False, None,
+            json_bytes.dumps(obj), False, None,
         )
         if not self.watcher.queue.put(queued, self._stop):
             raise _Stopped

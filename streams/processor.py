@@ -17,6 +17,7 @@ from typing import Any
 
 import orjson
 
+from kdiag import json_bytes
 from kdiag.alertcenter.events import alert_to_event, kubernetes_event_to_event
 from kdiag.codec import codec
 from kdiag.durations import FIRING_STATUS, AlertEvent, DurationTracker, Entry, EntryStorage, ObjectRef
@@ -556,7 +557,7 @@ class PartitionProcessor:
         writes: list[StateWrite] = []
         tracker = self.tracker
         for key, entry in tracker.take_writes():
-            value = orjson.dumps(entry.to_state()) if entry is not None else None
+            value = json_bytes.dumps(entry.to_state()) if entry is not None else None
             writes.append((entry_state_key(key), value))
         for cluster in sorted(self._clocks_changed):
             clock = tracker.clocks.get(cluster)

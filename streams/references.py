@@ -28,6 +28,7 @@ from typing import Any
 
 import orjson
 
+from kdiag import json_bytes
 from kdiag.rules import RuleSet
 from kdiag.rules.kinds import CLUSTER_SCOPED_KINDS, KEY_FIELDS
 from kdiag.rules.references import ReferenceCondition
@@ -168,7 +169,7 @@ class ReferenceStore:
 
     def put_referrer(self, cluster: str, uid: str, obj: dict[str, Any]) -> None:
         state_key = referrer_state_key(cluster, uid)
-        raw = orjson.dumps(obj, option=orjson.OPT_SORT_KEYS)
+        raw = json_bytes.dumps(obj, option=orjson.OPT_SORT_KEYS)
         if self._current(state_key) != raw:
             self._staged[state_key] = raw
 
@@ -191,7 +192,7 @@ class ReferenceStore:
             self.link(key, cluster, uid, present=False)
         for key in keys - old:
             self.link(key, cluster, uid, present=True)
-        self._staged[references_state_key(cluster, uid)] = orjson.dumps(sorted(keys))
+        self._staged[references_state_key(cluster, uid)] = json_bytes.dumps(sorted(keys))
 
     def link(self, referenced: ObjectKey, cluster: str, uid: str, present: bool) -> None:
         """Add (present) or remove the index entry from a referenced object to a referrer."""
@@ -242,7 +243,7 @@ class ReferenceStore:
     def put(self, key: ObjectKey, projection: dict[str, Any]) -> bool:
         """Stage a projection. Returns False when it equals the stored one, and stages nothing then."""
         state_key = object_state_key(key)
-        raw = orjson.dumps(projection, option=orjson.OPT_SORT_KEYS)
+        raw = json_bytes.dumps(projection, option=orjson.OPT_SORT_KEYS)
         current = self._staged[state_key] if state_key in self._staged else self._lookup(state_key)
         if current == raw:
             return False

@@ -30,6 +30,7 @@ from typing import Any
 
 import orjson
 
+from kdiag import json_bytes
 from kdiag.alertcenter.events import OwnerRef
 from kdiag.durations import ObjectRef
 from kdiag.rootcause import Related, related_from_objects, strip_config_values
@@ -218,7 +219,7 @@ class RelatedTable:
         projection = table_projection(obj)
         # Unsorted keys: the API server writes an object's fields in a stable order, and a reordering
         # would only cost one extra write.
-        raw = orjson.dumps(projection)
+        raw = json_bytes.dumps(projection)
         current = self._current(state_key)
         if current == raw:
             return None

@@ -17,6 +17,7 @@ from typing import Callable, Iterable, Sequence
 
 import orjson
 
+from kdiag import json_bytes
 from kdiag.durations import FIRING_STATUS
 from kdiag.rules import RuleSet
 from kdiag.settings import Settings
@@ -158,7 +159,7 @@ class PartitionRuntime:
             processor.diagnose(result)
             writes = processor.take_state_writes()
             shared = [
-                (encode_key(key), orjson.dumps(value) if value is not None else None)
+                (encode_key(key), json_bytes.dumps(value) if value is not None else None)
                 for key, value in processor.cluster_object_writes
             ]
             processor.cluster_object_writes.clear()

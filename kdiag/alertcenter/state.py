@@ -14,6 +14,7 @@ from typing import Any
 
 import orjson
 
+from kdiag import json_bytes
 from kdiag.errors import DecodeError
 
 STATE_VERSION = 1
@@ -187,7 +188,7 @@ class AlertCenterState:
             raise KeyError(f"invalid alert center state key {key!r}: expected alert/<fingerprint> or rule/<rule>")
         if entry is None:
             return None
-        return orjson.dumps({"v": STATE_VERSION, **asdict(entry)}, option=orjson.OPT_SORT_KEYS)
+        return json_bytes.dumps({"v": STATE_VERSION, **asdict(entry)}, option=orjson.OPT_SORT_KEYS)
 
     def from_bytes(self, key: str, data: bytes | None) -> None:
         """Restore one key from bytes written by to_bytes; None deletes the key. Leaves `dirty` alone."""
