@@ -1,10 +1,10 @@
 """JSON serialization into bytes objects that are no larger than their content.
 
-orjson 3.12 and later return a bytes object whose memory block is at least 4 KiB and grows by
-doubling, and they never shrink it: len() and sys.getsizeof() show the content, but the allocator
-keeps the whole block. Values that wait in memory, such as the state writes a batch stages until
-its commit, would each hold 4 KiB or more. dumps copies the result into a bytes object of its own
-size, at the cost of copying the content once.
+orjson 3.13 returns bytes objects whose memory block is much larger than their content, and
+len() and sys.getsizeof() show only the content. Measured with tracemalloc: 4.4 KiB for 18 bytes of
+JSON, 16 KiB for 1.4 KB and 63 KiB for 5 KB. Values that wait in memory, such as the state writes a
+batch stages until its commit, would each hold such a block. dumps copies the result into a bytes
+object of its own size, at the cost of copying the content once.
 """
 
 from __future__ import annotations
