@@ -48,9 +48,10 @@ class Settings:
     forward_warning_events: bool = True
     schemas_dir: Path = PROJECT_ROOT / "schemas"
     # Records per worker batch. A batch's decoded changes and staged writes stay in memory until its
-    # transaction commits. bench.memory measured 141 MiB of RSS with 100 against 158 MiB with 200 at
-    # 250,000 tracked objects, but 171 against 174 MiB at 1,000,000.
-    batch_max_records: int = 200
+    # transaction commits, about 3 KB per change. With 1,000,000 tracked objects, bench.memory measured
+    # 154 MiB of RSS with 50 against 184 MiB with 200, because the smaller batches left fewer pymalloc
+    # arenas behind. Catching up ran at the same rate (docs/benchmarks.md, runs M21, M22, T30, T31).
+    batch_max_records: int = 50
     # Maximum records Faust buffers for one agent before it stops fetching for it (Faust's
     # stream_buffer_maxsize, default 4,096). An agent then keeps at most batch_max_records plus this
     # many records in memory, besides the last fetch of each partition.
