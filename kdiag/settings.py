@@ -49,8 +49,9 @@ class Settings:
     schemas_dir: Path = PROJECT_ROOT / "schemas"
     # Records per worker batch. A batch's decoded changes and staged writes stay in memory until its
     # transaction commits, about 3 KB per change. With 1,000,000 tracked objects, bench.memory measured
-    # 154 MiB of RSS with 50 against 184 MiB with 200, because the smaller batches left fewer pymalloc
-    # arenas behind. Catching up ran at the same rate (docs/benchmarks.md, runs M21, M22, T30, T31).
+    # 154 and 169 MiB of RSS with 50 against 184 MiB with 200, because smaller batches leave fewer
+    # pymalloc arenas behind, and a peak of 251 and 253 MiB against 346 MiB. The catch-up used 7 to 21 %
+    # more CPU per change with 50 (docs/benchmarks.md, runs M21 to M23, T34, T35).
     batch_max_records: int = 50
     # Maximum records Faust buffers for one agent before it stops fetching for it (Faust's
     # stream_buffer_maxsize, default 4,096). An agent then keeps at most batch_max_records plus this
