@@ -143,8 +143,8 @@ def _serve(heap_file: Path) -> None:
         partial = heap_file.with_name(heap_file.name + ".partial")
         with open(partial, "w") as out:
             write_snapshot(out)
-        partial.replace(heap_file)
         request.unlink(missing_ok=True)
+        partial.replace(heap_file)
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -191,7 +191,10 @@ def heap_snapshot(worker: WorkerProcess, heap_file: Path, timeout_seconds: float
     while not heap_file.exists():
         worker.check_running()
         if time.monotonic() > deadline:
-            raise BenchError(f"the worker wrote no heap snapshot to {heap_file} within {timeout_seconds} s")
+            raise BenchError(
+                f"timed out after {timeout_seconds} s waiting for the worker's heap snapshot in {heap_file}; "
+                f"last log lines:\n{worker.log_tail()}"
+            )
         time.sleep(0.2)
     with contextlib.suppress(OSError):
         shutil.copyfile(f"/proc/{worker.pid}/smaps", heap_file.with_suffix(".smaps"))
