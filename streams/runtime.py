@@ -9,10 +9,12 @@ from __future__ import annotations
 
 import ctypes
 import logging
+import os
 import threading
 import time
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
+from collections.abc import Mapping
 from typing import Callable, Iterable, Sequence
 
 import orjson
@@ -47,6 +49,7 @@ _mallopt = _find_glibc_function("mallopt")
 # mallopt parameters, from glibc's malloc.h.
 _M_TRIM_THRESHOLD = -1
 _M_MMAP_THRESHOLD = -3
+_M_ARENA_MAX = -8
 # Free memory at the top of a thread's arena above this is returned to the system when a block is
 # freed. malloc_trim returns the top only of the main arena, and after large frees glibc raises this
 # threshold by itself, up to 64 MiB.
@@ -55,14 +58,28 @@ TRIM_THRESHOLD_BYTES = 8 * 1024 * 1024
 # raising this one, so it is set to the largest value glibc's own adjustment reaches (32 MiB on 64-bit).
 # A threshold of 64 KiB cost the worker about a quarter of its rate (docs/benchmarks.md, runs T11, T12).
 MMAP_THRESHOLD_BYTES = 32 * 1024 * 1024
+# At most this many malloc arenas: the main one and one that every other thread shares. Each arena
+# keeps up to TRIM_THRESHOLD_BYTES of free memory at its top, and glibc's default on 2 cores is 16
+# arenas. Python threads allocate while they hold the GIL, so they rarely wait for an arena's lock.
+# With 1,000,000 tracked objects the worker used 141 and 142 MiB with 2 arenas against 154 and 169
+# MiB without a limit, and its CPU time per change in a catch-up stayed within the spread of runs
+# (docs/benchmarks.md, runs M22 to M26, T33, T34, T36).
+ARENA_MAX = 2
+# A limit set by the operator through glibc's environment variable is kept.
+ARENA_MAX_VARIABLE = "MALLOC_ARENA_MAX"
 
 
-def bound_free_arena_memory() -> bool:
-    """Make glibc return free memory at the top of every arena above TRIM_THRESHOLD_BYTES.
+def bound_free_arena_memory(environ: Mapping[str, str] | None = None) -> bool:
+    """Make glibc return free memory at the top of every arena above TRIM_THRESHOLD_BYTES, and use at
+    most ARENA_MAX arenas unless `environ` (os.environ by default) sets MALLOC_ARENA_MAX.
 
-    Returns False without glibc's mallopt, or when mallopt rejects a threshold.
+    Call it before the process starts threads. Returns False without glibc's mallopt, or when
+    mallopt rejects a value.
     """
     if _mallopt is None:
+        return False
+    environ = os.environ if environ is None else environ
+    if ARENA_MAX_VARIABLE not in environ and not _mallopt(_M_ARENA_MAX, ARENA_MAX):
         return False
     if not _mallopt(_M_MMAP_THRESHOLD, MMAP_THRESHOLD_BYTES):
         return False

@@ -25,7 +25,7 @@ from kdiag.topics import ensure_topics
 from streams.app import create_app
 from streams.cluster_objects import ClusterObjects
 from streams.collector import configure_collector
-from streams.runtime import MMAP_THRESHOLD_BYTES, TRIM_THRESHOLD_BYTES, bound_free_arena_memory
+from streams.runtime import ARENA_MAX, MMAP_THRESHOLD_BYTES, TRIM_THRESHOLD_BYTES, bound_free_arena_memory
 
 log = logging.getLogger(__name__)
 
@@ -72,8 +72,8 @@ def run(args: argparse.Namespace, settings: Settings) -> int:
     )
     if not bound_free_arena_memory():
         log.info(
-            "glibc allocator thresholds not set, so thread arenas keep their free memory",
-            extra={"trim_threshold_bytes": TRIM_THRESHOLD_BYTES, "mmap_threshold_bytes": MMAP_THRESHOLD_BYTES},
+            "glibc allocator limits not set, so thread arenas keep their free memory",
+            extra={"trim_threshold_bytes": TRIM_THRESHOLD_BYTES, "mmap_threshold_bytes": MMAP_THRESHOLD_BYTES, "arena_max": ARENA_MAX},
         )
     # Bind the metrics port first: a caller that picked a free port keeps it for the shortest time.
     if settings.metrics_port:

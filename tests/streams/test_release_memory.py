@@ -1,5 +1,6 @@
 """streams.runtime returns freed C heap memory to the operating system."""
 
+import os
 import random
 import subprocess
 import sys
@@ -9,7 +10,14 @@ import pytest
 
 from kdiag.rules import RuleSet
 from kdiag.settings import Settings
-from streams.runtime import TRIM_INTERVAL_SECONDS, TRIM_THRESHOLD_BYTES, WorkerRuntime, release_free_memory
+from streams.runtime import (
+    ARENA_MAX,
+    ARENA_MAX_VARIABLE,
+    TRIM_INTERVAL_SECONDS,
+    TRIM_THRESHOLD_BYTES,
+    WorkerRuntime,
+    release_free_memory,
+)
 
 
 def rss_kib() -> int:
@@ -111,3 +119,46 @@ def test_thread_arena_top_kept_by_default():
 def test_bounded_thread_arena_returns_top():
     growth_kib = _thread_arena_growth_kib("bound")
     assert growth_kib < TRIM_THRESHOLD_BYTES // 1024 + 2 * 1024
+
+
+# Starts 6 threads that allocate at the same time, then prints how many malloc arenas exist.
+ARENA_COUNT_SCRIPT = """
+import ctypes, threading
+from streams.runtime import bound_free_arena_memory
+
+assert bound_free_arena_memory()
+libc = ctypes.CDLL(None)
+libc.malloc.restype = ctypes.c_void_p
+libc.malloc.argtypes = [ctypes.c_size_t]
+barrier = threading.Barrier(6)
+
+def allocate():
+    libc.malloc(1024)
+    barrier.wait()
+
+threads = [threading.Thread(target=allocate) for _ in range(6)]
+for thread in threads:
+    thread.start()
+for thread in threads:
+    thread.join()
+libc.malloc_stats()
+"""
+
+
+def _arena_count(environ: dict[str, str]) -> int:
+    result = subprocess.run(
+        [sys.executable, "-c", ARENA_COUNT_SCRIPT], capture_output=True, text=True, timeout=60, check=True, env=environ
+    )
+    return sum(1 for line in result.stderr.splitlines() if line.startswith("Arena "))
+
+
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="needs glibc")
+def test_arenas_limited():
+    environ = {key: value for key, value in os.environ.items() if key != ARENA_MAX_VARIABLE}
+    assert _arena_count(environ) == ARENA_MAX
+
+
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="needs glibc")
+def test_operator_arena_limit_kept():
+    environ = {**os.environ, ARENA_MAX_VARIABLE: "8"}
+    assert _arena_count(environ) > ARENA_MAX
