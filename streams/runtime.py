@@ -61,9 +61,9 @@ MMAP_THRESHOLD_BYTES = 32 * 1024 * 1024
 # At most this many malloc arenas: the main one and one that every other thread shares. Each arena
 # keeps up to TRIM_THRESHOLD_BYTES of free memory at its top, and glibc's default on 2 cores is 16
 # arenas. Python threads allocate while they hold the GIL, so they rarely wait for an arena's lock.
-# With 1,000,000 tracked objects the worker used 141 and 142 MiB with 2 arenas against 154 and 169
-# MiB without a limit, and its CPU time per change in a catch-up stayed within the spread of runs
-# (docs/benchmarks.md, runs M22 to M26, T33, T34, T36).
+# With 1,000,000 tracked objects the worker used 141 to 146 MiB in four runs with 2 arenas, against
+# 154 and 169 MiB without a limit. Its CPU time per change in a catch-up stayed within the spread of
+# runs (docs/benchmarks.md, runs M22 to M28, T33, T34, T36).
 ARENA_MAX = 2
 # A limit set by the operator through glibc's environment variable is kept.
 ARENA_MAX_VARIABLE = "MALLOC_ARENA_MAX"
