@@ -28,6 +28,7 @@ import sys
 import tempfile
 import threading
 import time
+import traceback
 import tracemalloc
 from pathlib import Path
 from typing import Callable, TextIO
@@ -142,7 +143,10 @@ def _serve(heap_file: Path) -> None:
             continue
         partial = heap_file.with_name(heap_file.name + ".partial")
         with open(partial, "w") as out:
-            write_snapshot(out)
+            try:
+                write_snapshot(out)
+            except Exception:  # The requester reads the failure in the file instead of waiting for it.
+                out.write(f"snapshot failed:\n{traceback.format_exc()}")
         request.unlink(missing_ok=True)
         partial.replace(heap_file)
 

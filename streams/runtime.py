@@ -14,7 +14,6 @@ import threading
 import time
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
-from collections.abc import Mapping
 from typing import Callable, Iterable, Sequence
 
 import orjson
@@ -59,8 +58,8 @@ TRIM_THRESHOLD_BYTES = 8 * 1024 * 1024
 # A threshold of 64 KiB cost the worker about a quarter of its rate (docs/benchmarks.md, runs T11, T12).
 MMAP_THRESHOLD_BYTES = 32 * 1024 * 1024
 # At most this many malloc arenas: the main one and one that every other thread shares. Each arena
-# keeps up to TRIM_THRESHOLD_BYTES of free memory at its top, and glibc's default on 2 cores is 16
-# arenas. Python threads allocate while they hold the GIL, so they rarely wait for an arena's lock.
+# keeps up to TRIM_THRESHOLD_BYTES of free memory at its top, and glibc's default limit on 64-bit is
+# 8 arenas per core, 16 on 2 cores. Python threads allocate while they hold the GIL, so they rarely wait for an arena's lock.
 # With 1,000,000 tracked objects the worker used 141 to 146 MiB in four runs with 2 arenas, against
 # 154 and 169 MiB without a limit. Its CPU time per change in a catch-up stayed within the spread of
 # runs (docs/benchmarks.md, runs M22 to M28, T33, T34, T36).
@@ -69,17 +68,16 @@ ARENA_MAX = 2
 ARENA_MAX_VARIABLE = "MALLOC_ARENA_MAX"
 
 
-def bound_free_arena_memory(environ: Mapping[str, str] | None = None) -> bool:
+def bound_free_arena_memory() -> bool:
     """Make glibc return free memory at the top of every arena above TRIM_THRESHOLD_BYTES, and use at
-    most ARENA_MAX arenas unless `environ` (os.environ by default) sets MALLOC_ARENA_MAX.
+    most ARENA_MAX arenas unless the environment sets MALLOC_ARENA_MAX.
 
     Call it before the process starts threads. Returns False without glibc's mallopt, or when
     mallopt rejects a value.
     """
     if _mallopt is None:
         return False
-    environ = os.environ if environ is None else environ
-    if ARENA_MAX_VARIABLE not in environ and not _mallopt(_M_ARENA_MAX, ARENA_MAX):
+    if ARENA_MAX_VARIABLE not in os.environ and not _mallopt(_M_ARENA_MAX, ARENA_MAX):
         return False
     if not _mallopt(_M_MMAP_THRESHOLD, MMAP_THRESHOLD_BYTES):
         return False

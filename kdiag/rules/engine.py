@@ -12,7 +12,6 @@ from kdiag.rules.conditions import FieldCondition, compile_check, compile_filter
 from kdiag.rules.paths import Walker, compile_walker
 from kdiag.rules.references import (
     ExtractedReferences,
-    ReferenceCheck,
     ReferenceCondition,
     ReferenceDeclaration,
     Resolver,
@@ -98,8 +97,7 @@ class Rule:
         "references",
         "_filters",
         "_checks",
-        "_reference_filters",
-        "_reference_checks",
+        "_uses_references",
         "_shared_steps",
     )
 
@@ -129,16 +127,15 @@ class Rule:
         self.references = references
         declarations = {declaration.name: declaration for declaration in references}
 
-        if any(isinstance(condition, ReferenceCondition) for condition in (*filter_fields, *check_fields)):
+        # Rules with reference conditions evaluate through _shared_steps only. The others also keep
+        # filters that return a bool, which evaluate uses when no SharedResults is given.
+        self._uses_references = any(isinstance(condition, ReferenceCondition) for condition in (*filter_fields, *check_fields))
+        if self._uses_references:
             self._filters = ()
             self._checks = ()
-            self._reference_filters = tuple(_compile_with_resolver(condition, declarations) for condition in filter_fields)
-            self._reference_checks = tuple(_compile_with_resolver(condition, declarations) for condition in check_fields)
         else:
             self._filters = tuple(compile_filter(condition) for condition in filter_fields)
             self._checks = tuple(compile_check(condition) for condition in check_fields)
-            self._reference_filters = None
-            self._reference_checks = None
         self._shared_steps = tuple(
             _shared_step(condition, declarations, in_context=False) for condition in filter_fields
         ) + tuple(_shared_step(condition, declarations, in_context=True) for condition in check_fields)
@@ -146,7 +143,7 @@ class Rule:
     @property
     def uses_references(self) -> bool:
         """Whether a condition of the rule reads referenced objects, so that evaluate needs a resolver."""
-        return self._reference_checks is not None
+        return self._uses_references
 
     def evaluate(
         self,
@@ -163,8 +160,8 @@ class Rule:
         referenced objects that resolve(kind, namespace, name) returns. Rules evaluated on the same
         object can share one ExtractedReferences(obj) as extracted, so that each declaration is
         extracted once. Likewise they can share one SharedResults(obj) as shared, so that a condition
-        that several of them have is evaluated once; they must then all get the same resolve. Raises
-        ValueError when extracted or shared belongs to another object.
+        that several of them have is evaluated once. Rules that share it must get the same resolve.
+        Raises ValueError when extracted or shared belongs to another object.
         """
         if type(obj) is dict or isinstance(obj, Mapping):
             if obj.get("kind") != self.kind:
@@ -174,8 +171,8 @@ class Rule:
 
         if shared is not None:
             return self._evaluate_shared(obj, resolve, extracted, shared)
-        if self._reference_checks is not None:
-            return self._evaluate_with_references(obj, resolve, extracted)
+        if self._uses_references:
+            return self._evaluate_shared(obj, resolve, extracted, SharedResults(obj))
 
         for accepts in self._filters:
             if not accepts(obj):
@@ -189,32 +186,12 @@ class Rule:
             context[entry[0]] = entry[1]
         return Match(self, context)
 
-    def _evaluate_with_references(
-        self, obj: Mapping[str, Any], resolve: Resolver | None, extracted: ExtractedReferences | None
-    ) -> Match | None:
-        if resolve is None or self._reference_filters is None or self._reference_checks is None:
-            return None
-        if extracted is None:
-            extracted = ExtractedReferences(obj)
-        elif extracted.obj is not obj:
-            raise ValueError(f"rule {self.name}: the extracted references belong to another object than the one evaluated")
-        for check in self._reference_filters:
-            if check(obj, resolve, extracted) is None:
-                return None
-        context: dict[str, str] = {}
-        for check in self._reference_checks:
-            entry = check(obj, resolve, extracted)
-            if entry is None:
-                return None
-            context[entry[0]] = entry[1]
-        return Match(self, context)
-
     def _evaluate_shared(
         self, obj: Mapping[str, Any], resolve: Resolver | None, extracted: ExtractedReferences | None, shared: "SharedResults"
     ) -> Match | None:
         if shared.obj is not obj:
             raise ValueError(f"rule {self.name}: the shared condition results belong to another object than the one evaluated")
-        if self._reference_checks is not None:
+        if self._uses_references:
             if resolve is None:
                 return None
             if extracted is None:
@@ -290,18 +267,6 @@ def _shared_step(
     if check is None:
         check = _SHARED_CHECKS[condition] = compile_check(condition)
     return check, False, in_context
-
-
-def _compile_with_resolver(condition: Condition, declarations: Mapping[str, ReferenceDeclaration]) -> ReferenceCheck:
-    """Compile a field or reference condition into the ReferenceCheck form of rules with references."""
-    if isinstance(condition, ReferenceCondition):
-        return compile_reference_condition(condition, declarations[condition.reference])
-    check = compile_check(condition)
-
-    def field_check(obj: Any, resolve: Resolver, extracted: ExtractedReferences) -> tuple[str, str] | None:
-        return check(obj)
-
-    return field_check
 
 
 class RuleSet:
