@@ -11,7 +11,7 @@ from pathlib import Path
 
 import pytest
 
-from bench.heap_snapshot import HEAP_FILE_VARIABLE, HEAP_SNAPSHOT_SCRIPT, request_path, write_snapshot
+from bench.heap_snapshot import HEAP_SNAPSHOT_SCRIPT, request_path, write_snapshot
 
 def test_snapshot_sections() -> None:
     out = io.StringIO()
@@ -24,19 +24,28 @@ def test_snapshot_sections() -> None:
         assert "system bytes" in text  # glibc's malloc_stats
 
 
-@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="needs glibc")
-def test_snapshot_written_on_request(tmp_path: Path) -> None:
-    heap_file = tmp_path / "heap.txt"
-    env = {**os.environ, HEAP_FILE_VARIABLE: str(heap_file), "PYTHONTRACEMALLOC": "1"}
-    # A process that runs only the launcher's snapshot thread, because a worker would need a broker.
-    code = (
-        "import sys, threading, time\n"
-        f"sys.path.insert(0, {str(HEAP_SNAPSHOT_SCRIPT.parent)!r})\n"
-        "import heap_snapshot\n"
-        "threading.Thread(target=heap_snapshot._serve, args=(heap_snapshot.Path(sys.argv[1]),), daemon=True).start()\n"
-        "time.sleep(60)\n"
-    )
-    process = subprocess.Popen([sys.executable, "-c", code, str(heap_file)], env=env)
+# A process that runs only the launcher's snapshot thread, because a worker would need a broker.
+# With the argument "fail", taking the snapshot raises.
+SNAPSHOT_PROCESS = """
+import sys, threading, time
+sys.path.insert(0, {folder!r})
+import heap_snapshot
+
+def fail(out):
+    raise RuntimeError("no heap today")
+
+if sys.argv[2] == "fail":
+    heap_snapshot.write_snapshot = fail
+threading.Thread(target=heap_snapshot._serve, args=(heap_snapshot.Path(sys.argv[1]),), daemon=True).start()
+time.sleep(60)
+"""
+
+
+def _request_snapshot(heap_file: Path, mode: str) -> str:
+    """Start a snapshot process, request a snapshot and return the file's text."""
+    env = {**os.environ, "PYTHONTRACEMALLOC": "1"}
+    code = SNAPSHOT_PROCESS.format(folder=str(HEAP_SNAPSHOT_SCRIPT.parent))
+    process = subprocess.Popen([sys.executable, "-c", code, str(heap_file), mode], env=env)
     try:
         request_path(heap_file).touch()
         deadline = time.monotonic() + 30
@@ -44,7 +53,18 @@ def test_snapshot_written_on_request(tmp_path: Path) -> None:
             time.sleep(0.1)
         assert heap_file.exists()
         assert not request_path(heap_file).exists()
-        assert "top by lineno:" in heap_file.read_text()
+        return heap_file.read_text()
     finally:
         process.kill()
         process.wait(10)
+
+
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="needs glibc")
+def test_snapshot_written_on_request(tmp_path: Path) -> None:
+    assert "top by lineno:" in _request_snapshot(tmp_path / "heap.txt", "snapshot")
+
+
+def test_failed_snapshot_reported(tmp_path: Path) -> None:
+    text = _request_snapshot(tmp_path / "heap.txt", "fail")
+    assert text.startswith("snapshot failed:")
+    assert "RuntimeError: no heap today" in text
