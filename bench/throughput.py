@@ -242,7 +242,8 @@ class RunResult:
         if "records_per_batch" in self.extra:
             text += (
                 f", {self.extra['records_per_batch']} records per batch, {self.extra['records_per_transaction']} per "
-                f"transaction, {100 * self.extra['share_inside_batches']:.0f} % of the time inside batches"
+                f"transaction, {100 * self.extra['share_inside_batches']:.0f} % of the time inside batches, "
+                f"{self.extra['batch_cpu_us_per_change']:.0f} µs of batch-thread CPU per change"
             )
         return text
 
@@ -454,10 +455,13 @@ def _batching(start: dict[str, float], end: dict[str, float], seconds: float) ->
     transactions = metric_sum(end, "kdiag_worker_transactions_total") - metric_sum(start, "kdiag_worker_transactions_total")
     batches = end.get("kdiag_worker_batch_seconds_count", 0.0) - start.get("kdiag_worker_batch_seconds_count", 0.0)
     inside = end.get("kdiag_worker_batch_seconds_sum", 0.0) - start.get("kdiag_worker_batch_seconds_sum", 0.0)
+    changes = end.get("kdiag_worker_changes_total", 0.0) - start.get("kdiag_worker_changes_total", 0.0)
+    batch_cpu = end.get("kdiag_worker_batch_cpu_seconds_total", 0.0) - start.get("kdiag_worker_batch_cpu_seconds_total", 0.0)
     return {
         "records_per_batch": round(records / batches, 1) if batches else 0.0,
         "records_per_transaction": round(records / transactions, 1) if transactions else 0.0,
         "share_inside_batches": round(inside / seconds, 2) if seconds else 0.0,
+        "batch_cpu_us_per_change": round(batch_cpu / changes * 1e6, 1) if changes else 0.0,
     }
 
 

@@ -22,6 +22,10 @@ BATCH_SECONDS = Histogram(
     "Time to process and commit one batch of the rule stage",
     buckets=(0.001, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5),
 )
+BATCH_CPU_SECONDS = Counter(
+    "kdiag_worker_batch_cpu_seconds_total",
+    "CPU time of the threads that processed the rule stage's batches, commits in other threads excluded",
+)
 STAGE_BATCH_SECONDS = Histogram(
     "kdiag_worker_stage_batch_seconds",
     "Time to process and commit one batch of the root-cause or alert-center stage",

@@ -252,6 +252,7 @@ class WorkerRuntime:
     def process(self, records: Sequence[InputRecord]) -> None:
         """Process one batch of events, in order within each partition."""
         started = time.perf_counter()
+        started_cpu = time.thread_time()
         rule_set = self.rules()
         if self.cluster_objects is not None:
             changed = self.cluster_objects.take_changed()
@@ -275,6 +276,7 @@ class WorkerRuntime:
         commit_partitions([batch for _, batch, _ in batches], self._committer)
         for partition, _, results in batches:
             self._count(partition, results[-1])
+        metrics.BATCH_CPU_SECONDS.inc(time.thread_time() - started_cpu)
         metrics.BATCH_SECONDS.observe(time.perf_counter() - started)
         self._untrimmed_batches += 1
         self.release_memory_if_due()
