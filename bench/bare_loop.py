@@ -3,10 +3,10 @@
 Each partition gets the worker's own streams.processor.PartitionProcessor, built as
 streams/runtime.py builds it, so every record goes through exactly the worker's code. That code
 decodes the ChangeBatch with kdiag's codec, parses each object with orjson when a rule applies to its
-kind, evaluates the rules and updates the partition's kdiag.durations.DurationTracker. After each
-batch of a partition the loop encodes the alerts and dead letters, writes the partition's changed
-state with streams.state.PartitionStore (one rocksdict WriteBatch) and commits the consumer offsets
-asynchronously. It produces nothing: no alerts, no
+kind, evaluates the rules and updates the partition's kdiag.durations.DurationTracker, whose entries
+live in RocksDB as the worker's do. After each batch of a partition the loop encodes the alerts and
+dead letters, writes the partition's changed state with streams.state.EntryStore (one rocksdict
+WriteBatch) and commits the consumer offsets asynchronously. It produces nothing: no alerts, no
 changelog, no transactions. Its rate is what the worker's per-record code reaches on this machine
 without the framework around it, so worker/bare shows what Faust and the transactions cost.
 
@@ -34,7 +34,7 @@ from kdiag.rules import RuleSet, load_rules
 from kdiag.settings import Settings, load_settings
 from streams.collector import configure_collector, time_collections
 from streams.processor import BatchResult, PartitionProcessor
-from streams.state import PartitionStore
+from streams.state import EntryStore, StoredEntries
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
 # The worker's agent takes at most this many records per batch, so the loop's batches, and with
@@ -48,17 +48,17 @@ class BareLoop:
         self.partition_count = partition_count
         self.rule_set = rule_set
         self.state_dir = state_dir
-        self.partitions: dict[int, tuple[PartitionProcessor, PartitionStore]] = {}
+        self.partitions: dict[int, tuple[PartitionProcessor, EntryStore]] = {}
         self.records = 0
         self.changes = 0
         self.alerts = 0
         self.dead_letters = 0
 
-    def _partition(self, partition: int) -> tuple[PartitionProcessor, PartitionStore]:
+    def _partition(self, partition: int) -> tuple[PartitionProcessor, EntryStore]:
         pair = self.partitions.get(partition)
         if pair is None:
-            store = PartitionStore(self.state_dir, partition)
-            # Built as streams/runtime.py builds it, so that references read the committed state.
+            store = EntryStore(self.state_dir, partition)
+            # Built as streams/runtime.py builds it, so that references and entries read the committed state.
             processor = PartitionProcessor(
                 self.topic,
                 partition,
@@ -69,6 +69,7 @@ class BareLoop:
                 partitions=self.partition_count,
                 lookup=store.get,
                 scan=store.scan_keys,
+                entry_storage=StoredEntries(store),
             )
             pair = self.partitions[partition] = (processor, store)
         return pair

@@ -6,9 +6,9 @@ The input is what bench.throughput puts on the changes topic: changes of bench/l
 synthetic cluster, retimed as a live stream of --live-rate changes per second and batched into
 ChangeBatch records by connectors.publisher.Publisher, whose producer is replaced by a list. Keys go
 to partitions as Kafka's murmur2 partitioner sends them. Each partition gets a PartitionProcessor
-with a RocksDB PartitionStore, as in bench.bare_loop. The records of all partitions are processed in
-turns of batch_max_records / partitions records per partition, as Faust's take_events mixes them,
-and each turn's state writes are applied to RocksDB.
+with a RocksDB EntryStore, which also keeps the entries, as in the worker and bench.bare_loop. The
+records of all partitions are processed in turns of batch_max_records / partitions records per
+partition, as Faust's take_events mixes them, and each turn's state writes are applied to RocksDB.
 
 The figure is the process's CPU time (time.process_time) for processing every record, divided by
 the changes. The fastest of --repeat runs is reported, because other load on the machine only adds
@@ -42,7 +42,7 @@ from kdiag.partitioning import partition_for_key
 from kdiag.rules import RuleSet, load_rules
 from kdiag.settings import Settings
 from streams.processor import BatchResult, PartitionProcessor
-from streams.state import PartitionStore
+from streams.state import EntryStore, StoredEntries
 
 TOPIC = "bench-processor-cpu-changes"
 
@@ -112,10 +112,19 @@ def process_all(records: dict[int, list[bytes]], rule_set: RuleSet, state_dir: P
     """Process every record through one PartitionProcessor per partition. Returns CPU time, counts and digests."""
     partitions = len(records)
     chunk = max(1, Settings().batch_max_records // partitions)
-    stores = {partition: PartitionStore(state_dir, partition) for partition in records}
+    stores = {partition: EntryStore(state_dir, partition) for partition in records}
     processors = {
         partition: PartitionProcessor(
-            TOPIC, partition, rule_set, [], {}, 0, partitions=partitions, lookup=store.get, scan=store.scan_keys
+            TOPIC,
+            partition,
+            rule_set,
+            [],
+            {},
+            0,
+            partitions=partitions,
+            lookup=store.get,
+            scan=store.scan_keys,
+            entry_storage=StoredEntries(store),
         )
         for partition, store in stores.items()
     }
