@@ -7,11 +7,13 @@ Layout of the keys (raw bytes):
 - ``_checkpoint``: the newest changelog offset applied here;
 - ``_d\\x1f<cluster>\\x1f<deadline>\\x1f<uid>\\x1f<rule>``, in a worker's EntryStore: the deadline index,
   one empty value per pending entry. ``<deadline>`` is 8 bytes, big-endian, offset by 2**63 so that
-  the keys sort by deadline. ``_deadline_index`` records that the index is complete.
+  the keys sort by deadline;
+- ``_o\\x1f<cluster>\\x1f<uid>``, in a worker's EntryStore: the object index, the number of entries of
+  each object that has any, in decimal. ``_local_index`` records that both indexes are complete.
 
 Every key that does not start with ``_`` is also written to the changelog, inside the same Kafka
 transaction as the alerts that the change produced and the ``o`` key. The ``_`` keys stay local:
-EntryStore.apply derives the index from the entry writes, for processed and restored records alike.
+EntryStore.apply derives the indexes from the entry writes, for processed and restored records alike.
 The local database is written only after the transaction commits, so it never contains more than the
 changelog. On start it catches up from the changelog after ``_checkpoint``.
 
@@ -43,8 +45,12 @@ CLOCK_PREFIX = b"c\x1f"
 NEXT_OFFSET_KEY = b"o"
 CHECKPOINT_KEY = b"_checkpoint"
 DEADLINE_PREFIX = b"_d\x1f"
-DEADLINE_INDEX_KEY = b"_deadline_index"
-DEADLINE_INDEX_VERSION = b"1"
+OBJECT_PREFIX = b"_o\x1f"
+# Marks a database whose local indexes (deadlines and objects) are complete, with their version.
+LOCAL_INDEX_KEY = b"_local_index"
+LOCAL_INDEX_VERSION = b"1"
+# The marker of databases that had the deadline index only.
+OLD_DEADLINE_INDEX_KEY = b"_deadline_index"
 
 # Memory budget of RocksDB for the whole process, shared by every partition's database (the
 # worker's and the alert center's). The defaults (rocksdict 0.3.29) are 64 MiB per memtable, up to
@@ -75,6 +81,12 @@ def clock_state_key(cluster: str) -> bytes:
 
 def deadline_prefix(cluster: str) -> bytes:
     return DEADLINE_PREFIX + cluster.encode() + b"\x1f"
+
+
+def object_index_key(state_key: bytes) -> bytes:
+    """Return the object index key of an entry's state key: OBJECT_PREFIX, cluster and uid."""
+    _, cluster, uid, _ = state_key.split(b"\x1f", 3)
+    return OBJECT_PREFIX + cluster + b"\x1f" + uid
 
 
 def deadline_index_key(state_key: bytes, value: bytes | None) -> bytes | None:
@@ -181,50 +193,75 @@ class PartitionStore:
 
 
 class EntryStore(PartitionStore):
-    """The state of a worker's partition, with a local index of pending entries by deadline.
+    """The state of a worker's partition, with two local indexes of its entries.
 
-    The index lets StoredEntries find due entries without keeping them in memory. `apply` keeps it in
-    step with the entries: it reads each written entry's previous value to remove the old index key.
+    The deadline index lets StoredEntries find due entries without keeping them in memory. The object
+    index contains the entry count of every object that has entries, so that a change of an object
+    without entries costs one point lookup, which the bloom filters answer, instead of an iterator.
+    `apply` keeps both in step with the entries: it reads each written entry's previous value. Neither
+    index goes to the changelog; restoring the entries rebuilds them.
     """
 
     def __init__(self, root: Path, partition: int) -> None:
         super().__init__(root, partition)
-        self._ensure_deadline_index()
+        self._ensure_local_indexes()
 
     def wipe(self) -> None:
         super().wipe()
-        self._ensure_deadline_index()
+        self._ensure_local_indexes()
 
-    def _ensure_deadline_index(self) -> None:
-        """Build the deadline index of a database written before it existed, or marked incomplete."""
-        if self._db.get(DEADLINE_INDEX_KEY) == DEADLINE_INDEX_VERSION:
+    def _ensure_local_indexes(self) -> None:
+        """Build the local indexes of a database written before they existed, or marked incomplete."""
+        if self._db.get(LOCAL_INDEX_KEY) == LOCAL_INDEX_VERSION:
             return
         batch = WriteBatch(raw_mode=True)
         batch.delete_range(DEADLINE_PREFIX, DEADLINE_PREFIX[:-1] + b"\x20")
-        built = 0
+        batch.delete_range(OBJECT_PREFIX, OBJECT_PREFIX[:-1] + b"\x20")
+        pending = objects = written = 0
+        # Entry keys are ordered by cluster, uid and rule, so the entries of an object are adjacent.
+        object_key, count = b"", 0
         for key, value in self.iter_items(ENTRY_PREFIX):
             index_key = deadline_index_key(key, value)
             if index_key is not None:
                 batch.put(index_key, b"")
-                built += 1
-                if built % _REBUILD_CHUNK == 0:
-                    self._db.write(batch)
-                    batch = WriteBatch(raw_mode=True)
-        batch.put(DEADLINE_INDEX_KEY, DEADLINE_INDEX_VERSION)
+                pending += 1
+                written += 1
+            key_of_object = object_index_key(key)
+            if key_of_object != object_key:
+                if count:
+                    batch.put(object_key, str(count).encode())
+                    objects += 1
+                    written += 1
+                object_key, count = key_of_object, 0
+            count += 1
+            if written >= _REBUILD_CHUNK:
+                self._db.write(batch)
+                batch = WriteBatch(raw_mode=True)
+                written = 0
+        if count:
+            batch.put(object_key, str(count).encode())
+            objects += 1
+        batch.delete(OLD_DEADLINE_INDEX_KEY)
+        batch.put(LOCAL_INDEX_KEY, LOCAL_INDEX_VERSION)
         self._db.write(batch)
-        if built:
-            log.info("deadline index built", extra={"path": str(self.path), "pending_entries": built})
+        if objects:
+            log.info("entry indexes built", extra={"path": str(self.path), "pending_entries": pending, "objects": objects})
 
     def apply(self, writes: Iterable[StateWrite], checkpoint: int) -> None:
-        """Write committed changes and the deadline index changes they cause, atomically."""
+        """Write committed changes and the index changes they cause, atomically."""
         writes = list(writes)
         index_writes: list[StateWrite] = []
         latest: dict[bytes, bytes | None] = {}
+        # The change of each touched object's entry count.
+        counts: dict[bytes, int] = {}
         for key, value in writes:
             if not key.startswith(ENTRY_PREFIX):
                 continue
             old_value = latest[key] if key in latest else self._db.get(key)
             latest[key] = value
+            if (old_value is None) != (value is None):
+                key_of_object = object_index_key(key)
+                counts[key_of_object] = counts.get(key_of_object, 0) + (1 if old_value is None else -1)
             old_index = deadline_index_key(key, old_value)
             new_index = deadline_index_key(key, value)
             if old_index == new_index:
@@ -233,6 +270,11 @@ class EntryStore(PartitionStore):
                 index_writes.append((old_index, None))
             if new_index is not None:
                 index_writes.append((new_index, b""))
+        for key_of_object, change in counts.items():
+            if change:
+                raw = self._db.get(key_of_object)
+                count = (int(raw) if raw is not None else 0) + change
+                index_writes.append((key_of_object, str(count).encode() if count > 0 else None))
         super().apply(writes + index_writes, checkpoint)
 
     def entry_summary(self) -> tuple[int, int, dict[str, int], dict[str, int]]:
@@ -276,7 +318,10 @@ class EntryStore(PartitionStore):
 
     def object_values(self, cluster: str, uid: str) -> list[bytes]:
         """Return the stored values of an object's committed entries, in rule order."""
-        return [value for _, value in self.iter_items(entry_key(cluster, uid, "").encode())]
+        prefix = entry_key(cluster, uid, "").encode()
+        if self._db.get(object_index_key(prefix)) is None:
+            return []
+        return [value for _, value in self.iter_items(prefix)]
 
 
 class StoredEntries(EntryStorage):

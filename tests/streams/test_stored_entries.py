@@ -9,12 +9,13 @@ from pathlib import Path
 import orjson
 import pytest
 
-from kdiag.durations import FIRING, PENDING, DurationTracker, Entry, ObjectRef
+from kdiag.durations import FIRING, FIRING_STATUS, PENDING, DurationTracker, Entry, ObjectRef
 from kdiag.rules import RuleSet
 from streams.processor import BatchResult, PartitionProcessor
 from streams.state import (
     CHECKPOINT_KEY,
-    DEADLINE_INDEX_KEY,
+    LOCAL_INDEX_KEY,
+    OBJECT_PREFIX,
     DEADLINE_PREFIX,
     EntryStore,
     PartitionStore,
@@ -88,6 +89,20 @@ def avro(events) -> list[dict]:
 
 def index_keys(store: EntryStore) -> list[bytes]:
     return store.scan_keys(DEADLINE_PREFIX)
+
+
+def object_index(store: EntryStore) -> dict[bytes, bytes]:
+    return {key: store.get(key) for key in store.scan_keys(OBJECT_PREFIX)}
+
+
+def counted_objects(store: EntryStore) -> dict[bytes, bytes]:
+    """Return the object index that the stored entries call for, counted from the entry keys."""
+    counts: dict[bytes, int] = {}
+    for key in store.scan_keys(b"e\x1f"):
+        _, cluster, uid, _ = key.split(b"\x1f", 3)
+        object_key = OBJECT_PREFIX + cluster + b"\x1f" + uid
+        counts[object_key] = counts.get(object_key, 0) + 1
+    return {key: str(count).encode() for key, count in counts.items()}
 
 
 def test_staged_entry_visible_before_commit(stored):
@@ -171,8 +186,9 @@ def test_index_built_for_database_without_it(tmp_path: Path):
 
     store = EntryStore(tmp_path, 0)
     try:
-        assert store.get(DEADLINE_INDEX_KEY) is not None
+        assert store.get(LOCAL_INDEX_KEY) is not None
         assert len(index_keys(store)) == 1
+        assert object_index(store) == {OBJECT_PREFIX + b"c1\x1fa": b"1", OBJECT_PREFIX + b"c1\x1fb": b"1"}
         assert store.checkpoint == 7
         tracker = DurationTracker(storage=StoredEntries(store))
         assert tracker.counts() == (1, 1)
@@ -181,13 +197,56 @@ def test_index_built_for_database_without_it(tmp_path: Path):
         store.close()
 
 
+def test_index_built_from_deadline_index(tmp_path: Path):
+    entries = [Entry(rule, pod("a"), PENDING, T0, T0 + 300_000, {}) for rule in RULES]
+    plain = PartitionStore(tmp_path, 0)
+    plain.apply(serialized([(entry.key, entry) for entry in entries]) + [(b"_deadline_index", b"1")], 3)
+    plain.close()
+
+    store = EntryStore(tmp_path, 0)
+    try:
+        assert store.get(b"_deadline_index") is None
+        assert object_index(store) == {OBJECT_PREFIX + b"c1\x1fa": b"3"}
+        assert len(index_keys(store)) == 3
+        assert set(StoredEntries(store).object_entries("c1", "a")) == set(RULES)
+    finally:
+        store.close()
+
+
+def test_object_index_counts_entries(stored):
+    tracker = stored.tracker
+    tracker.observe(pod("a"), T0, [(rule, 300, FakeMatch(), None) for rule in RULES])
+    stored.commit()
+    assert object_index(stored.store) == {OBJECT_PREFIX + b"c1\x1fa": b"3"}
+
+    tracker.observe(pod("a", version="2"), T0 + 1_000, [(RULES[0], 300, None, None), (RULES[1], 300, FakeMatch(), None)])
+    stored.commit()
+    assert object_index(stored.store) == {OBJECT_PREFIX + b"c1\x1fa": b"2"}
+    assert set(tracker.entries_of("c1", "a")) == {RULES[1], RULES[2]}
+
+    tracker.delete(pod("a", version="3"), T0 + 2_000)
+    stored.commit()
+    assert object_index(stored.store) == {}
+    assert tracker.entries_of("c1", "a") == {}
+
+
+def test_object_index_unchanged_on_firing(stored):
+    stored.tracker.observe(pod("a"), T0, matching(duration=60))
+    stored.commit()
+    assert [event.status for event in stored.tracker.advance("c1", T0 + 60_000)] == [FIRING_STATUS]
+    stored.commit()
+    assert object_index(stored.store) == {OBJECT_PREFIX + b"c1\x1fa": b"1"}
+    assert index_keys(stored.store) == []
+
+
 def test_wipe_keeps_index_complete(stored):
     stored.tracker.observe(pod("a"), T0, matching())
     stored.commit()
     stored.store.wipe()
-    assert stored.store.get(DEADLINE_INDEX_KEY) is not None
+    assert stored.store.get(LOCAL_INDEX_KEY) is not None
     assert stored.store.get(CHECKPOINT_KEY) is None
     assert index_keys(stored.store) == []
+    assert object_index(stored.store) == {}
 
 
 def test_restarted_entry_fires_at_new_deadline_once(stored):
@@ -290,6 +349,7 @@ def test_restored_index_matches_live_index(stored, tmp_path: Path):
     try:
         fresh.apply(stored.changelog, len(stored.changelog) - 1)
         assert index_keys(fresh) == index_keys(stored.store)
+        assert object_index(fresh) == object_index(stored.store) == counted_objects(fresh)
         entries = stored.store.scan_keys(b"e\x1f")
         pending = [key for key in entries if orjson.loads(stored.store.get(key))["state"] == PENDING]
         assert len(index_keys(fresh)) == len(pending)
