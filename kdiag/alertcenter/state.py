@@ -9,7 +9,7 @@ caller last took them; a key whose entry is gone is to be deleted.
 from __future__ import annotations
 
 from collections.abc import Iterable, Iterator
-from dataclasses import asdict, dataclass, field, replace
+from dataclasses import dataclass, field, fields, replace
 from typing import Any
 
 import orjson
@@ -132,6 +132,28 @@ class RuleEntry:
         return self.episode_start_ms is None and not self.history
 
 
+_ALERT_FIELDS = tuple(entry_field.name for entry_field in fields(AlertEntry))
+_RULE_FIELDS = tuple(entry_field.name for entry_field in fields(RuleEntry))
+
+
+def _state_values(entry: AlertEntry | RuleEntry) -> dict[str, Any]:
+    """Return the stored form of an entry: its fields and the state version.
+
+    It equals {"v": STATE_VERSION, **dataclasses.asdict(entry)} once serialised, without asdict's
+    deep copy of every value. Members are the only dataclasses inside an entry.
+    """
+    if isinstance(entry, AlertEntry):
+        values: dict[str, Any] = {name: getattr(entry, name) for name in _ALERT_FIELDS}
+        values["members"] = {
+            name: {"last_seen_ms": member.last_seen_ms, "expires_at_ms": member.expires_at_ms}
+            for name, member in entry.members.items()
+        }
+    else:
+        values = {name: getattr(entry, name) for name in _RULE_FIELDS}
+    values["v"] = STATE_VERSION
+    return values
+
+
 class AlertCenterState:
     """Active alerts by fingerprint and rule entries by rule name."""
 
@@ -188,7 +210,7 @@ class AlertCenterState:
             raise KeyError(f"invalid alert center state key {key!r}: expected alert/<fingerprint> or rule/<rule>")
         if entry is None:
             return None
-        return json_bytes.dumps({"v": STATE_VERSION, **asdict(entry)}, option=orjson.OPT_SORT_KEYS)
+        return json_bytes.dumps(_state_values(entry), option=orjson.OPT_SORT_KEYS)
 
     def from_bytes(self, key: str, data: bytes | None) -> None:
         """Restore one key from bytes written by to_bytes; None deletes the key. Leaves `dirty` alone."""
