@@ -133,8 +133,11 @@ def referenced_names(pod: Mapping[str, Any]) -> tuple[set[str], set[str], set[st
 
 
 def controller_reference(obj: Mapping[str, Any]) -> Mapping[str, Any] | None:
-    """Return the ownerReference with controller: true, or the first one when none is marked."""
-    references = [ref for ref in (obj.get("metadata") or {}).get("ownerReferences") or () if isinstance(ref, Mapping)]
+    """Return the ownerReference with controller: true, or the first one when none is marked.
+    Values of another type than the API gives them count as absent."""
+    metadata = obj.get("metadata")
+    listed = metadata.get("ownerReferences") if isinstance(metadata, Mapping) else None
+    references = [ref for ref in listed if isinstance(ref, Mapping)] if isinstance(listed, list) else []
     for reference in references:
         if reference.get("controller"):
             return reference

@@ -4,8 +4,12 @@ from __future__ import annotations
 
 from typing import Any
 
+import orjson
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
 from kdiag.durations import ObjectRef
-from streams.related_objects import RelatedTable, table_projection
+from streams.related_objects import RelatedTable, _index_keys, _stored_index_keys, table_projection
 
 
 def pod(name: str, node: str = "node-1", owner_uid: str = "rs-uid", reason: str = "ImagePullBackOff") -> dict[str, Any]:
@@ -177,3 +181,45 @@ def test_unknown_object_gives_an_empty_snapshot():
     snapshot = RelatedTable(lambda key: None, lambda prefix: ()).snapshot(ref_of(pod("gone")))
     assert snapshot.obj is None
     assert snapshot.related.events == ()
+
+
+json_scalars = st.none() | st.booleans() | st.integers(-5, 5) | st.sampled_from(["", "a", "Pod", "Event", "Node", "Warning", "Normal"])
+json_values = st.recursive(
+    json_scalars, lambda children: st.lists(children, max_size=3) | st.dictionaries(st.sampled_from(["a", "kind", "name"]), children, max_size=3), max_leaves=6
+)
+owner_references = st.lists(
+    st.fixed_dictionaries(
+        {},
+        optional={"controller": json_values, "uid": json_scalars, "kind": json_scalars, "name": json_scalars},
+    )
+    | json_scalars,
+    max_size=3,
+)
+metadata = st.fixed_dictionaries(
+    {}, optional={"namespace": json_scalars, "name": json_scalars, "ownerReferences": owner_references | json_scalars, "labels": json_values}
+)
+involved = st.fixed_dictionaries({}, optional={"kind": json_scalars, "name": json_scalars, "namespace": json_scalars})
+stored_objects = st.fixed_dictionaries(
+    {},
+    optional={
+        "kind": st.sampled_from(["Pod", "Event", "Node", "ConfigMap"]) | json_scalars,
+        "type": json_scalars,
+        "metadata": metadata | json_values,
+        "spec": st.fixed_dictionaries({}, optional={"nodeName": json_scalars, "containers": json_values}) | json_values,
+        "involvedObject": involved | json_values,
+        "regarding": involved | json_values,
+        "status": json_values,
+    },
+)
+
+
+@settings(max_examples=400, deadline=None)
+@given(stored_objects)
+def test_stored_index_keys_match_full_parse(obj):
+    assert _stored_index_keys("c1", orjson.dumps(obj)) == _index_keys("c1", obj)
+
+
+def test_stored_index_keys_of_owned_pod():
+    stored = orjson.dumps(table_projection(pod("web-1", node="node-a")))
+    assert _stored_index_keys("c1", stored) == _index_keys("c1", orjson.loads(stored))
+    assert len(_stored_index_keys("c1", stored)) == 2
