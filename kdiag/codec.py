@@ -70,8 +70,11 @@ class Codec:
                 f"expected schema fingerprint {self.fingerprint.hex()} of {self.name}, "
                 f"got {data[2:_HEADER_BYTES].hex()}; the writer used another schema version"
             )
+        # Reading past the header, instead of slicing it off, saves a copy of the whole record.
+        stream = io.BytesIO(data)
+        stream.seek(_HEADER_BYTES)
         try:
-            return fastavro.schemaless_reader(io.BytesIO(data[_HEADER_BYTES:]), self._schema)
+            return fastavro.schemaless_reader(stream, self._schema)
         except (EOFError, ValueError, IndexError, UnicodeDecodeError, struct.error) as error:
             raise DecodeError(f"invalid {self.name} datum after a valid header: {error}") from None
 
