@@ -23,11 +23,12 @@ from kdiag.codec import codec
 from kdiag.durations import FIRING_STATUS, AlertEvent, DurationTracker, Entry, EntryStorage, ObjectRef
 from kdiag.model import format_time_ms, topic_key
 from kdiag.partitioning import partition_for_key
+from kdiag.rootcause import Related
 from kdiag.rules.kinds import CLUSTER_SCOPED_KINDS
 from kdiag.rules.references import ExtractedReferences
 from kdiag.rules.schedule import next_check_ms
 from streams.references import DYNAMIC_TARGET_KINDS, ObjectKey, ReferencePlan, ReferenceStore, strip_for_storage
-from streams.related_objects import TABLE_KINDS, RelatedTable
+from streams.related_objects import TABLE_KINDS, RelatedTable, Snapshot
 from kdiag.errors import DecodeError, KdiagError
 from kdiag.rules import RuleSet, SharedResults
 from streams.state import NEXT_OFFSET_KEY, StateWrite, clock_state_key, entry_state_key
@@ -507,7 +508,18 @@ class PartitionProcessor:
             return DIAGNOSIS.encode(record)
         cluster_objects = self._cluster_objects
         node_lookup = (lambda cluster, name: cluster_objects((cluster, "Node", "", name))) if cluster_objects is not None else None
-        snapshot = self.related.snapshot(event.entry.ref, node_lookup, self._cluster_nodes)
+        ref = event.entry.ref
+        try:
+            snapshot = self.related.snapshot(ref, node_lookup, self._cluster_nodes)
+        except (AttributeError, KeyError, TypeError, ValueError) as error:
+            # NOTE: the snapshot reads fields with the types that the API server gives them. A stored
+            # object with other types gets a diagnosis without related objects instead.
+            log.warning(
+                "related objects left out of a diagnosis",
+                extra={"object": ref.describe(), "cluster": ref.cluster, "rule": event.entry.rule, "reason": repr(error)},
+            )
+            namespace = "" if ref.kind in CLUSTER_SCOPED_KINDS else ref.namespace
+            snapshot = Snapshot(self.related.get((ref.cluster, ref.kind, namespace, ref.name)), Related(), None, (), "", "")
         try:
             diagnosis = alert_to_event(alert, obj=snapshot.workload)
         except DecodeError as error:

@@ -88,10 +88,13 @@ def strip_config_values(obj: Mapping[str, Any]) -> JsonObject:
 
     The result has apiVersion, kind, the metadata fields in _CONFIG_METADATA_FIELDS, type (Secrets),
     immutable when set, and keys: the sorted names of data, stringData and binaryData. Applying it
-    twice gives the same result.
+    twice gives the same result. Fields of another type than the API gives them count as absent.
     """
-    metadata = obj.get("metadata") or {}
-    keys: set[str] = set(obj.get("keys") or ())
+    metadata = obj.get("metadata")
+    if not isinstance(metadata, Mapping):
+        metadata = {}
+    listed = obj.get("keys")
+    keys: set[str] = {str(key) for key in listed} if isinstance(listed, list) else set()
     for data_field in _CONFIG_DATA_FIELDS:
         data = obj.get(data_field)
         if isinstance(data, Mapping):
