@@ -9,8 +9,9 @@ import orjson
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
+from kdiag.rootcause import Related
 from kdiag.rules import load_rules
-from streams.processor import CHANGE_BATCH, BatchResult, PartitionProcessor
+from streams.processor import CHANGE_BATCH, DIAGNOSIS, BatchResult, PartitionProcessor
 
 PACK = load_rules(Path(__file__).resolve().parents[2] / "rules")
 T0 = 1_700_000_000_000
@@ -144,3 +145,24 @@ def test_odd_field_types_never_raise(changed):
     processor.process(offset + 1, record(changed[-1]["kind"], changed[-1], T0 + 86_401_000, "DELETED"), result)
     assert result.changes == len(changed) + 1
     assert result.dead_letters == []
+
+
+def test_snapshot_failure_leaves_out_related(caplog):
+    # A deletionTimestamp makes the pack's stuck-terminating rule fire. The volume's secret is a
+    # boolean, which the snapshot's reader of referenced names cannot read.
+    pod = {
+        "kind": "Pod",
+        "metadata": {"name": "object-1", "namespace": "team-a", "deletionTimestamp": "2023-11-14T00:00:00Z"},
+        "spec": {"volumes": [{"secret": True}]},
+    }
+    processor = PartitionProcessor("changes", 0, PACK, [], {}, 0)
+    result = BatchResult()
+    processor.process(0, record("Pod", pod, T0, "MODIFIED"), result)
+    with caplog.at_level("WARNING", logger="streams.processor"):
+        processor.process(1, tick(T0 + 86_400_000), result)
+    firing = [event for event in result.alerts if event.status == "FIRING"]
+    assert firing
+    assert "related objects left out of a diagnosis" in caplog.messages
+    diagnosis = DIAGNOSIS.decode(result.diagnoses[-1][1])
+    assert orjson.loads(diagnosis["object"])["spec"] == {"volumes": [{"secret": True}]}
+    assert orjson.loads(diagnosis["related"]) == Related().to_json()
