@@ -199,10 +199,11 @@ class EntryStore(PartitionStore):
     """The state of a worker's partition, with two local indexes of its entries.
 
     The deadline index lets StoredEntries find due entries without keeping them in memory. The object
-    index contains the entry count of every object that has entries, so that a change of an object
-    without entries costs one point lookup, which the bloom filters answer, instead of an iterator.
-    `apply` keeps both in step with the entries: it reads each written entry's previous value. Neither
-    index goes to the changelog; restoring the entries rebuilds them.
+    index contains the entry count of every object that has entries. A change of an object without
+    entries then costs one point lookup, which the bloom filters mostly settle without reading a
+    data block, instead of an iterator. `apply` keeps both indexes in step with the entries: it reads
+    each written entry's previous value. Neither index goes to the changelog, because restoring the
+    entries rebuilds them.
     """
 
     def __init__(self, root: Path, partition: int) -> None:
