@@ -1,4 +1,4 @@
-"""PartitionProcessor on generated objects: values of unexpected types never stop a partition."""
+"""PartitionProcessor on generated objects whose fields have types the API server would not give them."""
 
 from __future__ import annotations
 
