@@ -3,6 +3,7 @@
 from dataclasses import asdict
 
 import orjson
+import pytest
 
 from kdiag.alertcenter.state import STATE_VERSION, AlertCenterState, AlertEntry, Member, RuleEntry
 
@@ -49,18 +50,14 @@ def rule_entry() -> RuleEntry:
     )
 
 
-def test_alert_bytes_match_asdict():
+@pytest.mark.parametrize("make_entry", [alert_entry, rule_entry], ids=["alert", "rule"])
+def test_bytes_match_asdict(make_entry):
     state = AlertCenterState()
-    entry = alert_entry()
-    state.put_alert(entry)
-    expected = orjson.dumps({"v": STATE_VERSION, **asdict(entry)}, option=orjson.OPT_SORT_KEYS)
-    assert state.to_bytes(entry.key) == expected
-
-
-def test_rule_bytes_match_asdict():
-    state = AlertCenterState()
-    entry = rule_entry()
-    state.put_rule(entry)
+    entry = make_entry()
+    if isinstance(entry, AlertEntry):
+        state.put_alert(entry)
+    else:
+        state.put_rule(entry)
     expected = orjson.dumps({"v": STATE_VERSION, **asdict(entry)}, option=orjson.OPT_SORT_KEYS)
     assert state.to_bytes(entry.key) == expected
 
