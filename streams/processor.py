@@ -31,6 +31,7 @@ from streams.references import DYNAMIC_TARGET_KINDS, ObjectKey, ReferencePlan, R
 from streams.related_objects import TABLE_KINDS, RelatedTable, Snapshot
 from kdiag.errors import DecodeError, KdiagError
 from kdiag.rules import RuleSet, SharedResults
+from kdiag.rules.tree import RuleTree
 from streams.state import NEXT_OFFSET_KEY, StateWrite, clock_state_key, entry_state_key
 
 log = logging.getLogger(__name__)
@@ -80,6 +81,20 @@ class BatchResult:
         return [DEAD_LETTER.encode(letter) for letter in self.dead_letters]
 
 
+@dataclass(frozen=True)
+class _KindPlan:
+    """The rules of one kind, prepared for the evaluation of a change."""
+
+    # The kind's non-periodic rules that this partition can resolve. The others never match here.
+    tree: RuleTree
+    # Position of each non-periodic rule in the results that DurationTracker.observe gets.
+    positions: dict[str, int]
+    # Those results when no rule matches: (rule, duration_seconds, None, None) per non-periodic rule.
+    unmatched: tuple[tuple[str, float, None, None], ...]
+    reference_rules: list[Any]
+    periodic_rules: tuple[Any, ...]
+
+
 class PartitionProcessor:
     def __init__(
         self,
@@ -115,6 +130,8 @@ class PartitionProcessor:
         self.plan = ReferencePlan.from_rule_set(rule_set)
         # Per rule name, whether the rule refers to cluster-scoped kinds (see _can_resolve).
         self._reads_cluster_scoped: dict[str, bool] = {}
+        # Per (kind, whether every rule can be resolved), the kind's rules as _evaluate_change uses them.
+        self._plans: dict[tuple[str, bool], _KindPlan] = {}
         self._owned_clusters: dict[str, bool] = {}
         self._cluster_objects = cluster_objects
         self._cluster_nodes = cluster_nodes
@@ -142,6 +159,7 @@ class PartitionProcessor:
         self.rule_set = rule_set
         self.plan = ReferencePlan.from_rule_set(rule_set)
         self._reads_cluster_scoped.clear()
+        self._plans.clear()
         self.related.watch_kinds(rule_set.kinds)
         self._rules_checked = True
         for rule in sorted(deleted):
@@ -249,7 +267,7 @@ class PartitionProcessor:
                 if ref.kind in CLUSTER_SCOPED_KINDS and not in_table:
                     self.cluster_object_writes.append((object_key, projection))
                 result.alerts.extend(self._recheck_referrers(object_key, time_ms))
-        matched = self._evaluate_change(ref, obj, rules, time_ms, result) if rules else False
+        matched = self._evaluate_change(ref, obj, time_ms, result) if rules else False
         if ref.kind == "Event" and not matched and self.forward_warnings and obj.get("type") == "Warning":
             self._forward_warning(ref, obj, time_ms, result)
 
@@ -265,38 +283,44 @@ class PartitionProcessor:
                 self.cluster_object_writes.append((object_key, None))
             result.alerts.extend(self._recheck_referrers(object_key, time_ms))
 
-    def _evaluate_change(self, ref: ObjectRef, obj: dict[str, Any], rules: Any, time_ms: int, result: BatchResult) -> bool:
+    def _evaluate_change(self, ref: ObjectRef, obj: dict[str, Any], time_ms: int, result: BatchResult) -> bool:
         """Evaluate the rules of a changed object and return whether one of them matched. Periodic rules
         are only scheduled: they run at their check times."""
         cluster = ref.cluster
-        resolve = self._resolver(cluster)
-        # Shared by the rules and the reference tracking, so that each declaration is extracted once
-        # and each distinct condition evaluated once.
+        plan = self._kind_plan(ref.kind, cluster)
+        # Shared by the rules and the reference tracking, so that each declaration is extracted once.
         extracted = ExtractedReferences(obj)
-        shared = SharedResults(obj)
-        results = []
-        reference_rules = []
-        periodic_rules = []
-        for rule in rules:
-            if rule.every_seconds is not None:
-                periodic_rules.append(rule)
-                continue
-            if rule.uses_references:
-                reference_rules.append(rule)
-                match = rule.evaluate(obj, resolve, extracted, shared) if self._can_resolve(rule, cluster) else None
-            else:
-                match = rule.evaluate(obj, shared=shared)
-            start_ms = rule.active_since_ms(obj) if match is not None and rule.duration_from is not None else None
-            results.append((rule.name, rule.duration_seconds, match, start_ms))
+        matches = plan.tree.matches(obj, self._resolver(cluster), extracted)
+        results = list(plan.unmatched)
+        for match in matches:
+            rule = match.rule
+            start_ms = rule.active_since_ms(obj) if rule.duration_from is not None else None
+            results[plan.positions[rule.name]] = (rule.name, rule.duration_seconds, match, start_ms)
         result.alerts.extend(self.tracker.observe(ref, time_ms, results))
-        matched = any(match is not None for _, _, match, _ in results)
-        if reference_rules:
-            self._remember_referrer(ref, obj, reference_rules, extracted)
-        elif periodic_rules:
+        if plan.reference_rules:
+            self._remember_referrer(ref, obj, plan.reference_rules, extracted)
+        elif plan.periodic_rules:
             self._store_referrer(ref, obj)
-        for rule in periodic_rules:
+        for rule in plan.periodic_rules:
             self._schedule(cluster, ref.uid, rule, time_ms)
-        return matched
+        return bool(matches)
+
+    def _kind_plan(self, kind: str, cluster: str) -> _KindPlan:
+        """Return the rules of a kind as _evaluate_change uses them, built once per rule set."""
+        # Every rule can be resolved when this partition sees the cluster's cluster-scoped objects.
+        resolves_all = self._cluster_objects is not None or self._owns_cluster_scoped(cluster)
+        plan = self._plans.get((kind, resolves_all))
+        if plan is None:
+            rules = self.rule_set.rules_for_kind(kind)
+            evaluated = tuple(rule for rule in rules if rule.every_seconds is None)
+            plan = self._plans[(kind, resolves_all)] = _KindPlan(
+                tree=RuleTree(kind, [rule for rule in evaluated if resolves_all or self._can_resolve(rule, cluster)]),
+                positions={rule.name: position for position, rule in enumerate(evaluated)},
+                unmatched=tuple((rule.name, rule.duration_seconds, None, None) for rule in evaluated),
+                reference_rules=[rule for rule in evaluated if rule.uses_references],
+                periodic_rules=tuple(rule for rule in rules if rule.every_seconds is not None),
+            )
+        return plan
 
     def _forward_warning(self, ref: ObjectRef, obj: dict[str, Any], time_ms: int, result: BatchResult) -> None:
         """Send a Warning Event that no rule matched to the alert center as a KUBERNETES_EVENT event.

@@ -141,6 +141,12 @@ class Rule:
         ) + tuple(_shared_step(condition, declarations, in_context=True) for condition in check_fields)
 
     @property
+    def steps(self) -> tuple[tuple[Any, bool, bool], ...]:
+        """The compiled conditions, filters first: (check, whether it reads references, whether its
+        entry goes into the context). Equal conditions of different rules have the same check."""
+        return self._shared_steps
+
+    @property
     def uses_references(self) -> bool:
         """Whether a condition of the rule reads referenced objects, so that evaluate needs a resolver."""
         return self._uses_references

@@ -26,6 +26,7 @@ from kdiag.rules import (
     parse_rules,
 )
 from kdiag.rules.references import _compile_source
+from kdiag.rules.tree import RuleTree
 
 REPO_ROOT = Path(__file__).resolve().parents[3]
 
@@ -100,6 +101,7 @@ OPERATOR_RULES: dict[str, Any] = {
 
 RULES: list[Rule] = list(load_rules(REPO_ROOT / "rules")) + parse_rules(OPERATOR_RULES, source="test")
 KINDS = sorted({rule.kind for rule in RULES})
+TREES = {kind: RuleTree(kind, [rule for rule in RULES if rule.kind == kind]) for kind in KINDS}
 
 JSON_SCALARS = st.none() | st.booleans() | st.integers() | st.floats() | st.text(max_size=20)
 JSON_KEYS = st.sampled_from(["kind", "status", "phase", "name", "type", "ready", "reason", "state", "waiting"]) | st.text(max_size=10)
@@ -187,6 +189,13 @@ def assert_evaluates_cleanly(obj: Any) -> None:
     for rule in RULES:
         assert rule.evaluate(obj, shared=shared) == rule.evaluate(obj)
         assert rule.evaluate(obj, resolve_to_self, shared=shared_with_references) == rule.evaluate(obj, resolve_to_self)
+    # The worker evaluates a kind's rules through its RuleTree, which must give each rule's own match.
+    for tree in TREES.values():
+        for resolve in (None, resolve_to_self):
+            expected = [match for match in (rule.evaluate(obj, resolve) for rule in tree.rules) if match is not None]
+            found = tree.matches(obj, resolve)
+            assert found == expected
+            assert [list(match.context.items()) for match in found] == [list(match.context.items()) for match in expected]
     for rule in RULES:
         for result in (rule.evaluate(obj), rule.evaluate(obj, resolve_to_self)):
             if result is None:
