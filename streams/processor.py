@@ -25,7 +25,7 @@ from kdiag.model import format_time_ms, topic_key
 from kdiag.partitioning import partition_for_key
 from kdiag.rootcause import Related
 from kdiag.rules.kinds import CLUSTER_SCOPED_KINDS
-from kdiag.rules.references import ExtractedReferences
+from kdiag.rules.references import ExtractedReferences, ExtractorGroup
 from kdiag.rules.schedule import next_check_ms
 from streams.references import DYNAMIC_TARGET_KINDS, ObjectKey, ReferencePlan, ReferenceStore, strip_for_storage
 from streams.related_objects import TABLE_KINDS, RelatedTable, Snapshot
@@ -93,6 +93,8 @@ class _KindPlan:
     unmatched: tuple[tuple[str, float, None, None], ...]
     reference_rules: list[Any]
     periodic_rules: tuple[Any, ...]
+    # The reference declarations of the kind's rules, extracted in one walk of the object.
+    extractors: ExtractorGroup
 
 
 class PartitionProcessor:
@@ -289,7 +291,7 @@ class PartitionProcessor:
         cluster = ref.cluster
         plan = self._kind_plan(ref.kind, cluster)
         # Shared by the rules and the reference tracking, so that each declaration is extracted once.
-        extracted = ExtractedReferences(obj)
+        extracted = ExtractedReferences(obj, plan.extractors)
         matches = plan.tree.matches(obj, self._resolver(cluster), extracted)
         results = list(plan.unmatched)
         for match in matches:
@@ -319,6 +321,7 @@ class PartitionProcessor:
                 unmatched=tuple((rule.name, rule.duration_seconds, None, None) for rule in evaluated),
                 reference_rules=[rule for rule in evaluated if rule.uses_references],
                 periodic_rules=tuple(rule for rule in rules if rule.every_seconds is not None),
+                extractors=ExtractorGroup(declaration.extractor for rule in rules for declaration in rule.references),
             )
         return plan
 

@@ -14,7 +14,7 @@ Rule.evaluate(obj, resolve), to evaluate such rules.
 from __future__ import annotations
 
 import enum
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, NamedTuple
 
@@ -125,20 +125,26 @@ class ExtractedReferences:
 
     The worker makes one for each change and passes it to every rule of the object, and to the
     reference tracking, so that rules that use the same declaration share one extraction. The lists
-    it returns are shared too, and callers must not change them.
+    it returns are shared too, and callers must not change them. With a group, the first declaration
+    of the group that is extracted extracts all of the group's declarations in one walk.
     """
 
-    __slots__ = ("obj", "_by_extractor")
+    __slots__ = ("obj", "_by_extractor", "_group")
 
-    def __init__(self, obj: Any) -> None:
+    def __init__(self, obj: Any, group: "ExtractorGroup | None" = None) -> None:
         self.obj = obj
         self._by_extractor: dict[Extractor, list[ReferenceKey]] = {}
+        self._group = group
 
     def extract(self, declaration: ReferenceDeclaration) -> list[ReferenceKey]:
         """Return declaration.extract(self.obj), extracted at the first call for the declaration's sources."""
         extractor = declaration.extractor
         references = self._by_extractor.get(extractor)
         if references is None:
+            group = self._group
+            if group is not None and extractor in group.extractors:
+                self._by_extractor.update(group.extract(self.obj))
+                return self._by_extractor[extractor]
             references = declaration.extract(self.obj)
             self._by_extractor[extractor] = references
         return references
@@ -329,11 +335,13 @@ class Extractor:
     path as that requires fall back to _compile_source.
     """
 
-    __slots__ = ("_walk", "_sources", "_generic")
+    __slots__ = ("name_paths", "_walk", "_sources", "_generic")
 
     def __init__(self, kind: str | None, kind_field: tuple[str, ...] | None, sources: tuple[ReferenceSource, ...]) -> None:
         plans = [_SourcePlan.build(kind, kind_field, source) for source in sources]
-        walk = _generate_name_walk([source.field for source in sources]) if all(plans) else None
+        # The name path of each source, in the order of the lists that the walk returns.
+        self.name_paths = tuple(source.field for source in sources)
+        walk = _generate_name_walk(list(self.name_paths)) if all(plans) else None
         if walk is None:
             self._walk = None
             self._sources: tuple[_SourcePlan, ...] = ()
@@ -343,15 +351,24 @@ class Extractor:
             self._sources = tuple(plan for plan in plans if plan is not None)
             self._generic = ()
 
+    @property
+    def walks(self) -> bool:
+        """Whether the extraction runs through a generated walk of the name paths."""
+        return self._walk is not None
+
     def extract(self, obj: Mapping[str, Any]) -> list[ReferenceKey]:
         """Return the distinct references of obj, in the order of the sources and the object's lists."""
-        seen: dict[ReferenceKey, None] = {}
         if self._walk is None:
+            seen: dict[ReferenceKey, None] = {}
             for extractor in self._generic:
                 for reference in extractor(obj):
                     seen.setdefault(reference, None)
             return list(seen)
-        found = self._walk(obj)
+        return self.collect(obj, self._walk(obj))
+
+    def collect(self, obj: Mapping[str, Any], found: Sequence[list[tuple[str, tuple[Any, ...]]]]) -> list[ReferenceKey]:
+        """Return the references of the names that a walk of name_paths found in obj, as extract does."""
+        seen: dict[ReferenceKey, None] = {}
         if not any(found):
             return []
         own_namespace = _own_namespace(obj)
@@ -359,6 +376,42 @@ class Extractor:
             for name, elements in names:
                 plan.add_references(obj, name, elements, own_namespace, seen)
         return list(seen)
+
+
+class ExtractorGroup:
+    """Extractors whose name paths one generated walk visits together.
+
+    The worker groups the declarations of each kind's rules, so that a list that several of them
+    read (spec.volumes, spec.containers) is visited once per object instead of once per declaration.
+    Extractors without a generated walk extract on their own.
+    """
+
+    __slots__ = ("extractors", "_walk", "_slices", "_alone")
+
+    def __init__(self, extractors: Iterable[Extractor]) -> None:
+        self.extractors = tuple(dict.fromkeys(extractors))
+        walked = [extractor for extractor in self.extractors if extractor.walks]
+        paths: list[tuple[str, ...]] = []
+        slices: list[tuple[Extractor, int, int]] = []
+        for extractor in walked:
+            slices.append((extractor, len(paths), len(paths) + len(extractor.name_paths)))
+            paths.extend(extractor.name_paths)
+        self._walk = _generate_name_walk(paths) if len(walked) > 1 else None
+        self._slices = tuple(slices) if self._walk is not None else ()
+        self._alone = tuple(extractor for extractor in self.extractors if self._walk is None or not extractor.walks)
+
+    def extract(self, obj: Any) -> dict[Extractor, list[ReferenceKey]]:
+        """Return the references of obj for each extractor of the group, as Extractor.extract returns them."""
+        if not isinstance(obj, Mapping):
+            return {extractor: [] for extractor in self.extractors}
+        results: dict[Extractor, list[ReferenceKey]] = {}
+        if self._walk is not None:
+            found = self._walk(obj)
+            for extractor, start, end in self._slices:
+                results[extractor] = extractor.collect(obj, found[start:end])
+        for extractor in self._alone:
+            results[extractor] = extractor.extract(obj)
+        return results
 
 
 _EXTRACTORS: dict[tuple[Any, ...], Extractor] = {}

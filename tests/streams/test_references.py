@@ -349,13 +349,14 @@ def test_owner_partition_publishes_cluster_objects():
 def test_pod_change_extracts_each_declaration_once(monkeypatch):
     """The five Pod rules of references.yaml use three declarations, so a Pod change extracts three times."""
     calls = []
-    original = Extractor.extract
+    original = Extractor.collect
 
-    def counting_extract(self, obj):
+    def counting_collect(self, obj, found):
         calls.append(self)
-        return original(self, obj)
+        return original(self, obj, found)
 
-    monkeypatch.setattr(Extractor, "extract", counting_extract)
+    # Each declaration's references are collected from the names that one walk of the pod found.
+    monkeypatch.setattr(Extractor, "collect", counting_collect)
     harness = Harness()
     harness.feed(record(pod_reading(config_map="site", secret="db"), T0))
     assert len(calls) == 3

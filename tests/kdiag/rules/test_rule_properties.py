@@ -5,7 +5,7 @@ from __future__ import annotations
 import copy
 import json
 import tempfile
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import Any
 
@@ -25,7 +25,7 @@ from kdiag.rules import (
     load_rules,
     parse_rules,
 )
-from kdiag.rules.references import _compile_source
+from kdiag.rules.references import ExtractorGroup, _compile_source
 from kdiag.rules.tree import RuleTree
 
 REPO_ROOT = Path(__file__).resolve().parents[3]
@@ -102,6 +102,9 @@ OPERATOR_RULES: dict[str, Any] = {
 RULES: list[Rule] = list(load_rules(REPO_ROOT / "rules")) + parse_rules(OPERATOR_RULES, source="test")
 KINDS = sorted({rule.kind for rule in RULES})
 TREES = {kind: RuleTree(kind, [rule for rule in RULES if rule.kind == kind]) for kind in KINDS}
+EXTRACTOR_GROUPS = [
+    ExtractorGroup(declaration.extractor for rule in RULES if rule.kind == kind for declaration in rule.references) for kind in KINDS
+]
 
 JSON_SCALARS = st.none() | st.booleans() | st.integers() | st.floats() | st.text(max_size=20)
 JSON_KEYS = st.sampled_from(["kind", "status", "phase", "name", "type", "ready", "reason", "state", "waiting"]) | st.text(max_size=10)
@@ -210,6 +213,10 @@ def assert_evaluates_cleanly(obj: Any) -> None:
         for declaration in rule.references:
             for reference in extract_references(declaration, obj):
                 assert isinstance(reference, ReferenceKey)
+    # The worker extracts the declarations of a kind's rules in one walk, with the same results.
+    for group in EXTRACTOR_GROUPS:
+        for extractor, references in group.extract(obj).items():
+            assert references == (extractor.extract(obj) if isinstance(obj, Mapping) else [])
 
 
 @given(JSON_VALUES)

@@ -18,6 +18,7 @@ from kdiag.rules import (
     parse_rules,
     reference_state,
 )
+from kdiag.rules.references import ExtractorGroup
 
 CorpusLoader = Callable[[str], list[dict[str, Any]]]
 
@@ -353,3 +354,52 @@ def test_evaluate_rejects_extraction_of_other_object() -> None:
     rule = rule_with([{"name": "secrets", "builtin": "PodSecrets"}], checks=[{"referenceMissing": "secrets"}])
     with pytest.raises(ValueError, match="another object"):
         rule.evaluate(POD, lambda kind, namespace, name: None, ExtractedReferences(dict(POD)))
+
+
+class SpecReadCounter(dict):  # type: ignore[type-arg]
+    """A pod whose reads of spec are counted: a dict subclass, so the generated walk reads it through get."""
+
+    def __init__(self, pod: dict[str, Any]) -> None:
+        super().__init__(pod)
+        self.spec_reads = 0
+
+    def get(self, key: str, default: Any = None) -> Any:
+        if key == "spec":
+            self.spec_reads += 1
+        return super().get(key, default)
+
+
+POD_DECLARATIONS = [BUILTIN_REFERENCES[name] for name in ("PodSecrets", "PodConfigMaps", "PodPersistentVolumeClaims", "PodServiceAccount", "PodNode")]
+
+
+def test_extractor_group_walks_once() -> None:
+    group = ExtractorGroup(declaration.extractor for declaration in POD_DECLARATIONS)
+    pod = SpecReadCounter(POD)
+    found = group.extract(pod)
+    assert pod.spec_reads == 1
+    for declaration in POD_DECLARATIONS:
+        assert found[declaration.extractor] == extract_references(declaration, POD)
+
+
+def test_extractor_group_fills_extracted_references() -> None:
+    group = ExtractorGroup(declaration.extractor for declaration in POD_DECLARATIONS)
+    pod = SpecReadCounter(POD)
+    extracted = ExtractedReferences(pod, group)
+    secrets = extracted.extract(BUILTIN_REFERENCES["PodSecrets"])
+    claims = extracted.extract(BUILTIN_REFERENCES["PodPersistentVolumeClaims"])
+    assert pod.spec_reads == 1
+    assert secrets == extract_references(BUILTIN_REFERENCES["PodSecrets"], POD)
+    assert claims == [ReferenceKey("PersistentVolumeClaim", "shop", "api-data")]
+
+
+def test_extractor_group_outside_declaration_alone() -> None:
+    group = ExtractorGroup([BUILTIN_REFERENCES["PodSecrets"].extractor])
+    extracted = ExtractedReferences(POD, group)
+    config_maps = extracted.extract(BUILTIN_REFERENCES["PodConfigMaps"])
+    assert config_maps == extract_references(BUILTIN_REFERENCES["PodConfigMaps"], POD)
+
+
+@pytest.mark.parametrize("obj", [None, [POD], "Pod"], ids=["null", "list", "string"])
+def test_extractor_group_non_mapping_empty(obj: Any) -> None:
+    group = ExtractorGroup(declaration.extractor for declaration in POD_DECLARATIONS)
+    assert group.extract(obj) == {declaration.extractor: [] for declaration in POD_DECLARATIONS}
