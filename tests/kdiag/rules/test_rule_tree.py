@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterator, Mapping
+from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import Any
 
@@ -10,27 +10,9 @@ import pytest
 
 from kdiag.rules import ExtractedReferences, Match, Rule, RuleSet, SharedResults, parse_rules
 from kdiag.rules.tree import RuleTree
+from test_rule_sharing import CountingMapping
 
 CORPUS_DIR = Path(__file__).resolve().parents[3] / "samples" / "corpus"
-
-
-class CountingMapping(Mapping[str, Any]):
-    """A read-only object that counts how often each of its top-level keys is read."""
-
-    def __init__(self, data: dict[str, Any]) -> None:
-        self._data = data
-        self.reads: dict[str, int] = {}
-
-    def __getitem__(self, key: str) -> Any:
-        self.reads[key] = self.reads.get(key, 0) + 1
-        return self._data[key]
-
-    def __iter__(self) -> Iterator[str]:
-        return iter(self._data)
-
-    def __len__(self) -> int:
-        return len(self._data)
-
 
 WARNING = {"field": ["type"], "equalValue": ["Warning"]}
 NOT_NORMAL = {"field": ["type"], "notEqualValue": ["Normal"]}
