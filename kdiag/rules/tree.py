@@ -44,12 +44,13 @@ class RuleTree:
     resolver is given, as in Rule.evaluate.
     """
 
-    __slots__ = ("kind", "rules", "_roots", "_root_ends", "_memoizes")
+    __slots__ = ("kind", "rules", "_positions", "_roots", "_root_ends", "_memoizes")
 
     def __init__(self, kind: str, rules: Sequence[Rule]) -> None:
         """Raises ValueError when a rule has another kind."""
         self.kind = kind
         self.rules = tuple(rules)
+        self._positions = {rule: position for position, rule in enumerate(self.rules)}
         root = _Node(None, False, False)
         nodes_per_check: dict[Any, int] = {}
         for rule in self.rules:
@@ -87,8 +88,8 @@ class RuleTree:
         memo: dict[Any, Any] | None = {} if self._memoizes else None
         self._visit(self._roots, obj, resolve, extracted, (), memo, found)
         if len(found) > 1:
-            order = {rule.name: index for index, rule in enumerate(self.rules)}
-            found.sort(key=lambda match: order[match.rule.name])
+            positions = self._positions
+            found.sort(key=lambda match: positions[match.rule])
         return found
 
     def _visit(
