@@ -185,14 +185,18 @@ class ReferenceStore:
 
     def set_references(self, cluster: str, uid: str, keys: set[ObjectKey]) -> None:
         """Record what a referrer refers to now, and update the index for what changed."""
-        old = self.references_of(cluster, uid)
-        if old == keys:
+        state_key = references_state_key(cluster, uid)
+        raw = json_bytes.dumps(sorted(keys))
+        current = self._current(state_key)
+        # The stored list is sorted, so equal bytes mean equal references, without parsing them.
+        if current == raw or (current is None and not keys):
             return
+        old = {tuple(key) for key in orjson.loads(current)} if current is not None else set()
         for key in old - keys:
             self.link(key, cluster, uid, present=False)
         for key in keys - old:
             self.link(key, cluster, uid, present=True)
-        self._staged[references_state_key(cluster, uid)] = json_bytes.dumps(sorted(keys))
+        self._staged[state_key] = raw
 
     def link(self, referenced: ObjectKey, cluster: str, uid: str, present: bool) -> None:
         """Add (present) or remove the index entry from a referenced object to a referrer."""

@@ -463,6 +463,26 @@ class _PairedPath:
         assert self.walker is not None
         return [value for _, value in self.walker(start)]
 
+    def any_true(self, obj: Any, elements: tuple[Any, ...]) -> bool:
+        """Return whether one of the values is the JSON value true."""
+        start = elements[self.fan_outs - 1] if self.fan_outs else obj
+        if self.reader is not None:
+            return self.reader(start) is True
+        assert self.walker is not None
+        return any(value is True for _, value in self.walker(start))
+
+    def first_text(self, obj: Any, elements: tuple[Any, ...]) -> str | None:
+        """Return the first value that is a non-empty string, or None."""
+        start = elements[self.fan_outs - 1] if self.fan_outs else obj
+        if self.reader is not None:
+            value = self.reader(start)
+            return value if type(value) is str and value else None
+        assert self.walker is not None
+        for _, value in self.walker(start):
+            if type(value) is str and value:
+                return value
+        return None
+
 
 class _SourcePlan:
     """The per-source part of an Extractor: the static kind, the scope and the paired paths of the name."""
@@ -494,32 +514,16 @@ class _SourcePlan:
         return plan
 
     def add_references(self, obj: Any, name: str, elements: tuple[Any, ...], own_namespace: str, seen: dict[ReferenceKey, None]) -> None:
-        """Add the references of one name to seen, as _compile_source's extract does.
-
-        Plain loops in place of any() and next() over generators, because this runs for every name.
-        """
-        if self.optional is not None:
-            for value in self.optional.values(obj, elements):
-                if value is True:
-                    return
-        kind = self.static_kind
-        if self.kind is not None:
-            kind = None
-            for value in self.kind.values(obj, elements):
-                if type(value) is str and value:
-                    kind = value
-                    break
+        """Add the references of one name to seen, as _compile_source's extract does."""
+        if self.optional is not None and self.optional.any_true(obj, elements):
+            return
+        kind = self.static_kind if self.kind is None else self.kind.first_text(obj, elements)
         if not kind:
             return
         if self.cluster_scoped or kind in CLUSTER_SCOPED_KINDS:
             namespace = ""
         else:
-            namespace = own_namespace
-            if self.namespace is not None:
-                for value in self.namespace.values(obj, elements):
-                    if type(value) is str and value:
-                        namespace = value
-                        break
+            namespace = (self.namespace.first_text(obj, elements) if self.namespace is not None else None) or own_namespace
         with_key = False
         if self.key is not None:
             for key in self.key.values(obj, elements):
