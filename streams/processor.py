@@ -91,7 +91,8 @@ class _KindPlan:
     positions: dict[str, int]
     # Those results when no rule matches: (rule, duration_seconds, None, None) per non-periodic rule.
     unmatched: tuple[tuple[str, float, None, None], ...]
-    reference_rules: list[Any]
+    # The distinct reference declarations of the kind's non-periodic rules, one per extractor.
+    reference_declarations: tuple[Any, ...]
     periodic_rules: tuple[Any, ...]
     # The reference declarations of the kind's rules, extracted in one walk of the object.
     extractors: ExtractorGroup
@@ -299,8 +300,8 @@ class PartitionProcessor:
             start_ms = rule.active_since_ms(obj) if rule.duration_from is not None else None
             results[plan.positions[rule.name]] = (rule.name, rule.duration_seconds, match, start_ms)
         result.alerts.extend(self.tracker.observe(ref, time_ms, results))
-        if plan.reference_rules:
-            self._remember_referrer(ref, obj, plan.reference_rules, extracted)
+        if plan.reference_declarations:
+            self._remember_referrer(ref, obj, plan.reference_declarations, extracted)
         elif plan.periodic_rules:
             self._store_referrer(ref, obj)
         for rule in plan.periodic_rules:
@@ -309,7 +310,7 @@ class PartitionProcessor:
 
     def _kind_plan(self, kind: str, cluster: str) -> _KindPlan:
         """Return the rules of a kind as _evaluate_change uses them, built once per rule set."""
-        # Every rule can be resolved when this partition sees the cluster's cluster-scoped objects.
+        # Every rule can be resolved when this partition receives the cluster's cluster-scoped objects.
         resolves_all = self._cluster_objects is not None or self._owns_cluster_scoped(cluster)
         plan = self._plans.get((kind, resolves_all))
         if plan is None:
@@ -319,7 +320,14 @@ class PartitionProcessor:
                 tree=RuleTree(kind, [rule for rule in evaluated if resolves_all or self._can_resolve(rule, cluster)]),
                 positions={rule.name: position for position, rule in enumerate(evaluated)},
                 unmatched=tuple((rule.name, rule.duration_seconds, None, None) for rule in evaluated),
-                reference_rules=[rule for rule in evaluated if rule.uses_references],
+                reference_declarations=tuple(
+                    {
+                        declaration.extractor: declaration
+                        for rule in evaluated
+                        if rule.uses_references
+                        for declaration in rule.references
+                    }.values()
+                ),
                 periodic_rules=tuple(rule for rule in rules if rule.every_seconds is not None),
                 extractors=ExtractorGroup(declaration.extractor for rule in rules for declaration in rule.references),
             )
@@ -410,14 +418,14 @@ class PartitionProcessor:
             results.append((rule.name, rule.duration_seconds, match, start_ms))
         return self.tracker.observe(ref, time_ms, results)
 
-    def _remember_referrer(self, ref: ObjectRef, obj: dict[str, Any], rules: list[Any], extracted: ExtractedReferences) -> None:
-        """Store a referrer and what it refers to, so that a change of those objects re-evaluates it."""
+    def _remember_referrer(self, ref: ObjectRef, obj: dict[str, Any], declarations: Iterable[Any], extracted: ExtractedReferences) -> None:
+        """Store a referrer and what it refers to through the reference declarations of its rules, so that
+        a change of those objects re-evaluates it."""
         keys: set[ObjectKey] = set()
-        for rule in rules:
-            for declaration in rule.references:
-                for reference in extracted.extract(declaration):
-                    namespace = "" if reference.kind in CLUSTER_SCOPED_KINDS else reference.namespace
-                    keys.add((ref.cluster, reference.kind, namespace, reference.name))
+        for declaration in declarations:
+            for reference in extracted.extract(declaration):
+                namespace = "" if reference.kind in CLUSTER_SCOPED_KINDS else reference.namespace
+                keys.add((ref.cluster, reference.kind, namespace, reference.name))
         self.references.set_references(ref.cluster, ref.uid, keys)
         self._store_referrer(ref, obj)
 
