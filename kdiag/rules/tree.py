@@ -76,7 +76,8 @@ class RuleTree:
     ) -> list[Match]:
         """Return the Match of each rule that matches obj, in the order of the tree's rules.
 
-        extracted, when given, must be the ExtractedReferences of obj. Never raises on JSON values.
+        extracted, when given, must be the ExtractedReferences of obj. The conditions read values of
+        another type than expected as absent, so no JSON value makes this raise.
         """
         if not (type(obj) is dict or isinstance(obj, Mapping)) or obj.get("kind") != self.kind:
             return []
