@@ -25,7 +25,7 @@ from kdiag.model import format_time_ms, topic_key
 from kdiag.partitioning import partition_for_key
 from kdiag.rootcause import Related
 from kdiag.rules.kinds import CLUSTER_SCOPED_KINDS
-from kdiag.rules.references import ExtractedReferences, ExtractorGroup
+from kdiag.rules.references import ExtractedReferences, ExtractorGroup, ReferenceDeclaration
 from kdiag.rules.schedule import next_check_ms
 from streams.references import DYNAMIC_TARGET_KINDS, ObjectKey, ReferencePlan, ReferenceStore, strip_for_storage
 from streams.related_objects import TABLE_KINDS, RelatedTable, Snapshot
@@ -82,17 +82,18 @@ class BatchResult:
 
 
 @dataclass(frozen=True)
-class _KindPlan:
-    """The rules of one kind, prepared for the evaluation of a change."""
+class _KindRules:
+    """The rules of one kind, prepared for the evaluation of its changes."""
 
-    # The kind's non-periodic rules that this partition can resolve. The others never match here.
+    # The kind's non-periodic rules, without those that read cluster-scoped objects this partition
+    # does not receive: such rules never match here.
     tree: RuleTree
     # Position of each non-periodic rule in the results that DurationTracker.observe gets.
     positions: dict[str, int]
     # Those results when no rule matches: (rule, duration_seconds, None, None) per non-periodic rule.
     unmatched: tuple[tuple[str, float, None, None], ...]
     # The distinct reference declarations of the kind's non-periodic rules, one per extractor.
-    reference_declarations: tuple[Any, ...]
+    reference_declarations: tuple[ReferenceDeclaration, ...]
     periodic_rules: tuple[Any, ...]
     # The reference declarations of the kind's rules, extracted in one walk of the object.
     extractors: ExtractorGroup
@@ -134,7 +135,7 @@ class PartitionProcessor:
         # Per rule name, whether the rule refers to cluster-scoped kinds (see _can_resolve).
         self._reads_cluster_scoped: dict[str, bool] = {}
         # Per (kind, whether every rule can be resolved), the kind's rules as _evaluate_change uses them.
-        self._plans: dict[tuple[str, bool], _KindPlan] = {}
+        self._kind_rules: dict[tuple[str, bool], _KindRules] = {}
         self._owned_clusters: dict[str, bool] = {}
         self._cluster_objects = cluster_objects
         self._cluster_nodes = cluster_nodes
@@ -162,7 +163,7 @@ class PartitionProcessor:
         self.rule_set = rule_set
         self.plan = ReferencePlan.from_rule_set(rule_set)
         self._reads_cluster_scoped.clear()
-        self._plans.clear()
+        self._kind_rules.clear()
         self.related.watch_kinds(rule_set.kinds)
         self._rules_checked = True
         for rule in sorted(deleted):
@@ -290,33 +291,33 @@ class PartitionProcessor:
         """Evaluate the rules of a changed object and return whether one of them matched. Periodic rules
         are only scheduled: they run at their check times."""
         cluster = ref.cluster
-        plan = self._kind_plan(ref.kind, cluster)
+        kind_rules = self._rules_of_kind(ref.kind, cluster)
         # Shared by the rules and the reference tracking, so that each declaration is extracted once.
-        extracted = ExtractedReferences(obj, plan.extractors)
-        matches = plan.tree.matches(obj, self._resolver(cluster), extracted)
-        results = list(plan.unmatched)
+        extracted = ExtractedReferences(obj, kind_rules.extractors)
+        matches = kind_rules.tree.matches(obj, self._resolver(cluster), extracted)
+        results = list(kind_rules.unmatched)
         for match in matches:
             rule = match.rule
             start_ms = rule.active_since_ms(obj) if rule.duration_from is not None else None
-            results[plan.positions[rule.name]] = (rule.name, rule.duration_seconds, match, start_ms)
+            results[kind_rules.positions[rule.name]] = (rule.name, rule.duration_seconds, match, start_ms)
         result.alerts.extend(self.tracker.observe(ref, time_ms, results))
-        if plan.reference_declarations:
-            self._remember_referrer(ref, obj, plan.reference_declarations, extracted)
-        elif plan.periodic_rules:
+        if kind_rules.reference_declarations:
+            self._remember_referrer(ref, obj, kind_rules.reference_declarations, extracted)
+        elif kind_rules.periodic_rules:
             self._store_referrer(ref, obj)
-        for rule in plan.periodic_rules:
+        for rule in kind_rules.periodic_rules:
             self._schedule(cluster, ref.uid, rule, time_ms)
         return bool(matches)
 
-    def _kind_plan(self, kind: str, cluster: str) -> _KindPlan:
+    def _rules_of_kind(self, kind: str, cluster: str) -> _KindRules:
         """Return the rules of a kind as _evaluate_change uses them, built once per rule set."""
         # Every rule can be resolved when this partition receives the cluster's cluster-scoped objects.
         resolves_all = self._cluster_objects is not None or self._owns_cluster_scoped(cluster)
-        plan = self._plans.get((kind, resolves_all))
-        if plan is None:
+        kind_rules = self._kind_rules.get((kind, resolves_all))
+        if kind_rules is None:
             rules = self.rule_set.rules_for_kind(kind)
             evaluated = tuple(rule for rule in rules if rule.every_seconds is None)
-            plan = self._plans[(kind, resolves_all)] = _KindPlan(
+            kind_rules = self._kind_rules[(kind, resolves_all)] = _KindRules(
                 tree=RuleTree(kind, [rule for rule in evaluated if resolves_all or self._can_resolve(rule, cluster)]),
                 positions={rule.name: position for position, rule in enumerate(evaluated)},
                 unmatched=tuple((rule.name, rule.duration_seconds, None, None) for rule in evaluated),
@@ -331,7 +332,7 @@ class PartitionProcessor:
                 periodic_rules=tuple(rule for rule in rules if rule.every_seconds is not None),
                 extractors=ExtractorGroup(declaration.extractor for rule in rules for declaration in rule.references),
             )
-        return plan
+        return kind_rules
 
     def _forward_warning(self, ref: ObjectRef, obj: dict[str, Any], time_ms: int, result: BatchResult) -> None:
         """Send a Warning Event that no rule matched to the alert center as a KUBERNETES_EVENT event.
@@ -418,7 +419,7 @@ class PartitionProcessor:
             results.append((rule.name, rule.duration_seconds, match, start_ms))
         return self.tracker.observe(ref, time_ms, results)
 
-    def _remember_referrer(self, ref: ObjectRef, obj: dict[str, Any], declarations: Iterable[Any], extracted: ExtractedReferences) -> None:
+    def _remember_referrer(self, ref: ObjectRef, obj: dict[str, Any], declarations: Iterable[ReferenceDeclaration], extracted: ExtractedReferences) -> None:
         """Store a referrer and what it refers to through the reference declarations of its rules, so that
         a change of those objects re-evaluates it."""
         keys: set[ObjectKey] = set()

@@ -16,7 +16,6 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from typing import Callable, Iterable, Sequence
 
-
 from kdiag import json_bytes
 from kdiag.durations import FIRING_STATUS
 from kdiag.rules import RuleSet

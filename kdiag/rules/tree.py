@@ -47,7 +47,7 @@ class RuleTree:
     __slots__ = ("kind", "rules", "_positions", "_roots", "_root_ends", "_memoizes")
 
     def __init__(self, kind: str, rules: Sequence[Rule]) -> None:
-        """Raises ValueError when a rule has another kind."""
+        """Build the tree of rules. Raises ValueError when a rule has another kind than `kind`."""
         self.kind = kind
         self.rules = tuple(rules)
         self._positions = {rule: position for position, rule in enumerate(self.rules)}
@@ -84,7 +84,10 @@ class RuleTree:
         if extracted is None:
             extracted = ExtractedReferences(obj)
         elif extracted.obj is not obj:
-            raise ValueError(f"rule tree of {self.kind}: the extracted references belong to another object than the one evaluated")
+            raise ValueError(
+                f"rule tree of {self.kind}: the extracted references belong to another object than the one evaluated; "
+                f"pass ExtractedReferences of the evaluated object"
+            )
         found: list[Match] = [Match(rule, {}) for rule in self._root_ends]
         memo: dict[Any, Any] | None = {} if self._memoizes else None
         self._visit(self._roots, obj, resolve, extracted, (), memo, found)
