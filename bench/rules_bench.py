@@ -293,7 +293,10 @@ def main(argv: list[str] | None = None) -> int:
     matches = sum(1 for obj, rules in zip(objects, rules_by_object) for rule in rules if rule.evaluate(obj) is not None)
     tree_matches = sum(len(trees[kind].matches(obj)) for obj, kind in zip(objects, kinds))
     if tree_matches != matches:
-        raise SystemExit(f"the rule trees found {tree_matches} matches and the rules one by one {matches}: the trees are wrong")
+        raise SystemExit(
+            f"the rule trees found {tree_matches} matches and the rules one by one {matches}; "
+            f"RuleTree (kdiag/rules/tree.py) must match what Rule.evaluate matches, so fix it before measuring"
+        )
     evaluation = measure(evaluate_pass, args.repeat, args.min_seconds)
     parse = measure(parse_pass, args.repeat, args.min_seconds)
     change = measure(parse_and_evaluate_pass, args.repeat, args.min_seconds)

@@ -76,7 +76,8 @@ def test_failed_condition_drops_subtree() -> None:
 def test_repeated_conditions_evaluated_once() -> None:
     obj = CountingMapping(PULL_EVENT)
     RuleTree("Event", EVENT_RULES).matches(obj)
-    # The reason filter Failed is on two branches and involvedObject.kind on three: each is read once.
+    # The filter on reason Failed is on two branches and involvedObject.kind on three, yet each is read
+    # once. The reason is read a second time for BackOff.
     assert obj.reads == {"kind": 1, "type": 2, "reason": 2, "involvedObject": 1, "message": 1}
 
 
