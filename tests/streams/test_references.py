@@ -10,7 +10,7 @@ from kdiag.rules import RuleSet, load_rules, parse_rules
 from streams.processor import BatchResult, PartitionProcessor
 from kdiag.rules.references import Extractor
 from kdiag.rules.schedule import next_check_ms
-from streams.references import INDEX_PREFIX, OBJECT_PREFIX, ReferenceStore, index_prefix
+from streams.references import INDEX_PREFIX, OBJECT_PREFIX, ReferenceStore, index_prefix, references_state_key
 
 RULES = load_rules([Path(__file__).resolve().parents[2] / "rules" / "references.yaml"])
 CHANGE_BATCH = codec("ChangeBatch")
@@ -406,6 +406,30 @@ def test_staged_index_matches_scan():
             assert store.referrers_of(target) == scanned_referrers(store, committed, target)
     assert compared > 1000
     assert any(key.startswith(INDEX_PREFIX) for key in committed)
+
+
+def test_set_references_writes_only_changes():
+    committed: dict[bytes, bytes] = {}
+    store = ReferenceStore(committed.get, lambda prefix: sorted(key for key in committed if key.startswith(prefix)))
+    db = ("c1", "Secret", "team-a", "db")
+    tls = ("c1", "Secret", "team-a", "tls")
+
+    # A referrer without references and nothing stored writes nothing.
+    store.set_references("c1", "pod-1", set())
+    assert store.take_writes() == []
+
+    store.set_references("c1", "pod-1", {tls, db})
+    committed.update({key: value for key, value in store.take_writes() if value is not None})
+    assert store.references_of("c1", "pod-1") == {db, tls}
+
+    # The same references in another order compare equal to the stored bytes.
+    store.set_references("c1", "pod-1", {db, tls})
+    assert store.take_writes() == []
+
+    store.set_references("c1", "pod-1", {db})
+    writes = dict(store.take_writes())
+    assert writes[index_prefix(tls) + b"c1\x1fpod-1"] is None
+    assert orjson.loads(writes[references_state_key("c1", "pod-1")]) == [list(db)]
 
 
 def test_written_projection_not_cached_until_read():
