@@ -107,7 +107,9 @@ def create_app(
             del events, records
 
     root_cause = RootCauseRuntime(settings, graphs if graphs is not None else GraphSet(pool_size=1))
-    diagnoses = app.topic(settings.diagnoses_topic, key_type=bytes, value_type=bytes, internal=False)
+    # The stages commit these topics' offsets themselves. With acks, Faust would keep each offset gap
+    # (transaction marker) in a tree that only its ack-based commits trim, and rebuild it at every new gap.
+    diagnoses = app.topic(settings.diagnoses_topic, key_type=bytes, value_type=bytes, internal=False, acks=False)
 
     @app.agent(diagnoses, name="find-root-cause")
     async def find_root_cause(stream: faust.Stream) -> None:
@@ -127,7 +129,7 @@ def create_app(
 
     center_runtime = CenterRuntime(settings, center)
     center_inputs = app.topic(
-        settings.events_topic, settings.actions_topic, key_type=bytes, value_type=bytes, internal=False
+        settings.events_topic, settings.actions_topic, key_type=bytes, value_type=bytes, internal=False, acks=False
     )
 
     @app.agent(center_inputs, name="grade-alerts")

@@ -19,3 +19,23 @@ def test_create_app_stream_buffer_from_settings(tmp_path: Path):
     finally:
         runtime.close()
 
+
+
+def test_acks_only_on_changes_topic(tmp_path: Path):
+    settings = Settings(state_dir=tmp_path)
+
+    app, runtime = create_app(settings, lambda: RuleSet([]))
+    try:
+        acks: dict[str, bool] = {}
+        for agent in app.agents.values():
+            for topic in agent.channel.topics:
+                acks[topic] = agent.channel.acks
+        # Faust commits the changes topic from its acks. The stages commit the transactional topics.
+        assert acks == {
+            settings.changes_topic: True,
+            settings.diagnoses_topic: False,
+            settings.events_topic: False,
+            settings.actions_topic: False,
+        }
+    finally:
+        runtime.close()
