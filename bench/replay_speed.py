@@ -11,7 +11,9 @@ file's observed times. The file's generation is not timed.
 `kdiag replay` sends a tick to every partition whenever a cluster's clock moved --tick-interval
 seconds (default 1, the replay's own default). It flushes the cluster's buffered changes before
 each tick, so the records are many and small. The summary shows how many changes a ChangeBatch
-carried on average.
+carried on average, and the worker's CPU time per record before and after it processed half the
+records, counted from the end of the replay. The second figure grows when some state grows with the
+stream's length.
 """
 
 from __future__ import annotations
@@ -94,6 +96,12 @@ def run(args: argparse.Namespace, broker: Broker) -> dict[str, Any]:
         f"worker: {figures['worker_cpu_seconds']:.0f} s CPU, peak RSS {figures['worker_peak_rss_mib']:.0f} MiB, "
         f"{figures['alerts']} alert transitions",
     ]
+    halves = figures["worker_cpu_us_per_record_halves"]
+    if len(halves) == 2:
+        lines.append(
+            f"worker CPU per record after the replay ended: {halves[0]:,.0f} µs until half the records were "
+            f"processed, {halves[1]:,.0f} µs after"
+        )
     report("replay_speed", lines, figures)
     return figures
 
@@ -124,10 +132,15 @@ def _replay_and_wait(args: argparse.Namespace, topics: Any, worker: WorkerProces
     change_records = int(match.group(2))
     records = sum(end_offsets(settings.bootstrap_servers, settings.changes_topic, settings.partitions))
     deadline = started + args.timeout
+    # (records processed, worker CPU seconds) when the replay ended, at half the records, at the end.
+    marks: list[tuple[float, float]] = []
     while True:
         worker.check_running()
         metrics = worker.metrics(("kdiag_worker_records_total",)) or {}
-        if metric_sum(metrics, "kdiag_worker_records_total") >= records:
+        processed = metric_sum(metrics, "kdiag_worker_records_total")
+        if not marks or (len(marks) == 1 and marks[0][0] < records / 2 <= processed) or processed >= records:
+            marks.append((processed, cpu_seconds(worker.pid) or 0.0))
+        if processed >= records:
             break
         if time.monotonic() > deadline:
             raise BenchError(f"the worker did not catch up within {args.timeout} s:\n{worker.log_tail()}")
@@ -144,7 +157,18 @@ def _replay_and_wait(args: argparse.Namespace, topics: Any, worker: WorkerProces
         "alerts": int(metric_sum(metrics, "kdiag_worker_alerts_total")),
         "worker_cpu_seconds": round((cpu_seconds(worker.pid) or 0.0) - cpu_before, 1),
         "tick_interval_seconds": args.tick_interval,
+        "worker_cpu_us_per_record_halves": _cpu_per_record_halves(marks),
     }
+
+
+def _cpu_per_record_halves(marks: list[tuple[float, float]]) -> list[float]:
+    """Return the worker's CPU µs per record between consecutive marks. A cost per record that grows
+    in the second half points at state that grows with the stream, not with the cluster."""
+    return [
+        round((cpu_after - cpu_before) / (done_after - done_before) * 1e6, 1)
+        for (done_before, cpu_before), (done_after, cpu_after) in zip(marks, marks[1:])
+        if done_after > done_before
+    ]
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
