@@ -88,7 +88,7 @@ def run(args: argparse.Namespace, broker: Broker) -> dict[str, Any]:
         f"history: {generation.changes} changes over {simulated_seconds / 3600:.1f} h of a {args.pods}-pod cluster, "
         f"{file_bytes / 1e9:.2f} GB of watch events (generated in {generation.seconds:.0f} s, not timed)",
         f"records: {figures['records']} ({figures['change_records']} ChangeBatch records of changes, "
-        f"{mean_changes:.2f} changes each on average, and {figures['records'] - figures['change_records']} tick records)",
+        f"{mean_changes:.2f} changes each on average, and {figures['records'] - figures['change_records']} records with a tick alone)",
         f"kdiag replay finished after {figures['replay_seconds']:.1f} s; the worker caught up "
         f"{wall - figures['replay_seconds']:.1f} s later",
         f"replay speed: {figures['simulated_seconds_per_wall_second']:,.0f} simulated seconds per wall second "

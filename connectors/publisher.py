@@ -3,7 +3,9 @@
 Changes are buffered per topic key and sent as one ChangeBatch record per buffer, keyed by
 "<cluster>/<namespace>" and partitioned by murmur2 of the key like the Java client. A tick is sent to
 every partition of the changes topic, after the buffered changes of its cluster, so that each partition
-receives the changes of a cluster before the tick that follows them.
+receives the changes of a cluster before the tick that follows them. A partition that receives some of
+those changes gets the tick in the same record as the last of them, so a tick costs no extra record
+there.
 
 The publisher does not depend on files, so the replay connector and the Kubernetes watcher can both use it.
 Nothing it writes depends on the wall clock or on randomness, except DeadLetter.time.
@@ -25,6 +27,7 @@ from kdiag import json_bytes
 from kdiag.codec import codec
 from kdiag.errors import KdiagError
 from kdiag.model import ResourceChange, Tick
+from kdiag.partitioning import partition_for_key
 from kdiag.settings import Settings
 
 log = logging.getLogger(__name__)
@@ -38,6 +41,9 @@ CHANGE_OVERHEAD_BYTES = 100
 # Upper bound of a ChangeBatch record beyond its changes: the 10-byte single-object header, the array
 # block count and end marker, and the union index of the tick.
 BATCH_OVERHEAD_BYTES = 32
+# Upper bound of a tick's Avro bytes beyond its cluster and source strings: two string lengths and the
+# time, each a varint of at most 10 bytes.
+TICK_OVERHEAD_BYTES = 30
 # Room for the key and Kafka's record framing on top of settings.max_record_bytes. The result stays
 # below the broker's default max.message.bytes of 1048588 while max_record_bytes is at most 1 MB.
 PRODUCER_MESSAGE_MARGIN_BYTES = 16 * 1024
@@ -254,11 +260,13 @@ class Publisher:
         for cluster in list(self._cluster_keys):
             self.flush_cluster(cluster)
 
-    def _flush_key(self, cluster: str, key: str) -> None:
+    def _flush_key(self, cluster: str, key: str, tick: dict[str, Any] | None = None, tick_context: Any = None) -> None:
+        """Send the changes buffered under `key` in one record, followed by `tick` if given."""
         buffer = self._buffers.pop(key)
         del self._cluster_keys[cluster][key]
-        value = self._batch_codec.encode({"changes": buffer.changes, "tick": None})
-        self._produce(self.settings.changes_topic, key.encode(), value, contexts=buffer.contexts)
+        value = self._batch_codec.encode({"changes": buffer.changes, "tick": tick})
+        contexts = buffer.contexts + [tick_context] if tick_context is not None else buffer.contexts
+        self._produce(self.settings.changes_topic, key.encode(), value, contexts=contexts)
         self.summary.batches += 1
 
     # Ticks
@@ -266,15 +274,29 @@ class Publisher:
     def publish_tick(self, cluster: str, time_ms: int, context: Any = None) -> None:
         """Send the cluster's buffered changes, then a tick at `time_ms` to every partition.
 
-        A `context` other than None is handed to the on_delivered callback once per partition's record.
+        The last record of those changes on a partition carries the tick. Every other partition gets a
+        record with the tick alone. A `context` other than None is handed to the on_delivered callback
+        once per partition's record, after the contexts of the changes that share the record.
         """
-        self.flush_cluster(cluster)
-        tick = Tick(cluster=cluster, time_ms=time_ms, source=self.source)
-        value = self._batch_codec.encode({"changes": [], "tick": tick.to_avro()})
-        key = cluster.encode()
+        tick = Tick(cluster=cluster, time_ms=time_ms, source=self.source).to_avro()
+        partitions = self.partition_count()
+        keys = list(self._cluster_keys.get(cluster, ()))
+        last_key = {partition_for_key(key.encode(), partitions): key for key in keys}
+        tick_bytes = len(cluster.encode()) + len(self.source.encode()) + TICK_OVERHEAD_BYTES
+        carried: set[int] = set()
+        for key in keys:
+            partition = partition_for_key(key.encode(), partitions)
+            fits = self._buffers[key].size_bytes + tick_bytes + BATCH_OVERHEAD_BYTES <= self.settings.max_record_bytes
+            if last_key[partition] == key and fits:
+                self._flush_key(cluster, key, tick, context)
+                carried.add(partition)
+            else:
+                self._flush_key(cluster, key)
+        value = self._batch_codec.encode({"changes": [], "tick": tick})
         contexts = [context] if context is not None else None
-        for partition in range(self.partition_count()):
-            self._produce(self.settings.changes_topic, key, value, partition, contexts=contexts)
+        for partition in range(partitions):
+            if partition not in carried:
+                self._produce(self.settings.changes_topic, cluster.encode(), value, partition, contexts=contexts)
         self.summary.ticks += 1
 
     def partition_count(self) -> int:

@@ -986,12 +986,15 @@ class PublishLoop:
             self._saved_versions.update(changed)
 
     def _on_delivered(self, contexts: Sequence[Any], error: KafkaError | None) -> None:
-        if isinstance(contexts[0], _TickRound):
-            tick_round = contexts[0]
+        # A record carries changes, a tick, or changes and then a tick.
+        tick_round = contexts[-1] if isinstance(contexts[-1], _TickRound) else None
+        if tick_round is not None:
             tick_round.remaining -= 1
             if (tick_round.remaining <= 0 or error is not None) and self._tick_round is tick_round:
                 self._tick_round = None
-            return
+            contexts = contexts[:-1]
+            if not contexts:
+                return
         entries: Sequence[PendingChange] = contexts
         self.in_flight -= len(entries)
         self.in_flight_bytes -= sum(len(entry.object_json) for entry in entries)

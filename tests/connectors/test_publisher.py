@@ -12,15 +12,18 @@ import pytest
 from confluent_kafka import KafkaError
 
 from connectors.publisher import (
+    BATCH_OVERHEAD_BYTES,
     DEAD_LETTER_PAYLOAD_BYTES,
     PRODUCE_ATTEMPTS,
     Publisher,
     PublishError,
+    change_size_bytes,
     encode_object,
     producer_config,
 )
 from kdiag.codec import codec
 from kdiag.model import ResourceChange
+from kdiag.partitioning import partition_for_key
 from kdiag.settings import Settings
 
 BATCH = codec("ChangeBatch")
@@ -165,14 +168,43 @@ def test_tick_flushes_its_cluster_then_reaches_every_partition():
     publisher.publish_change(change("c", cluster="c1", namespace="other"), "f:3")
     publisher.publish_tick("c1", 5000)
     records = decoded(producer.records)
-    assert [key for key, _, _ in records] == [b"c1/ns", b"c1/other", b"c1", b"c1", b"c1"]
-    ticks = [(partition, batch["tick"]) for _, partition, batch in records if batch["tick"] is not None]
-    assert [partition for partition, _ in ticks] == [0, 1, 2]
-    assert all(tick == {"cluster": "c1", "time": 5000, "source": "replay"} for _, tick in ticks)
-    assert all(batch["changes"] == [] for _, _, batch in records[2:])
+    # Of 3 partitions, murmur2 puts "c1/ns" on 2 and "c1/other" on 1: their records carry the tick.
+    assert [partition_for_key(key, 3) for key in (b"c1/ns", b"c1/other")] == [2, 1]
+    assert [(key, partition) for key, partition, _ in records] == [(b"c1/ns", None), (b"c1/other", None), (b"c1", 0)]
+    assert [len(batch["changes"]) for _, _, batch in records] == [1, 1, 0]
+    assert all(batch["tick"] == {"cluster": "c1", "time": 5000, "source": "replay"} for _, _, batch in records)
     publisher.close()
     assert decoded(producer.records)[-1][0] == b"c2/ns"
     assert publisher.summary.ticks == 1
+
+
+def test_tick_rides_with_last_record_of_partition():
+    publisher, producer = make_publisher(batch_max_changes=100)
+    namespaces = ["ns", "other", "third"]
+    for name, namespace in zip("abc", namespaces):
+        publisher.publish_change(change(name, cluster="c1", namespace=namespace), "f:1")
+    publisher.publish_tick("c1", 5000)
+    last_key = {partition_for_key(f"c1/{namespace}".encode(), 3): f"c1/{namespace}".encode() for namespace in namespaces}
+    records = decoded(producer.records)
+    change_records = [(key, batch["tick"] is not None) for key, _, batch in records if batch["changes"]]
+    assert change_records == [(f"c1/{namespace}".encode(), f"c1/{namespace}".encode() in last_key.values()) for namespace in namespaces]
+    alone = [partition for _, partition, batch in records if not batch["changes"]]
+    assert alone == sorted(set(range(3)) - set(last_key))
+
+
+def test_tick_alone_when_record_is_full():
+    # The buffer of "c1/ns" has no room for the tick, so partition 2 gets the tick in a record of its own.
+    size = change_size_bytes(change("a", cluster="c1"))
+    publisher, producer = make_publisher(batch_max_changes=100, max_record_bytes=size + BATCH_OVERHEAD_BYTES + 10)
+    publisher.publish_change(change("a", cluster="c1"), "f:1")
+    publisher.publish_tick("c1", 5000)
+    records = decoded(producer.records)
+    assert [(key, partition, batch["tick"] is not None) for key, partition, batch in records] == [
+        (b"c1/ns", None, False),
+        (b"c1", 0, True),
+        (b"c1", 1, True),
+        (b"c1", 2, True),
+    ]
 
 
 def test_dead_letter_record():
@@ -194,10 +226,11 @@ def test_failed_delivery_names_topic_and_partition(caplog):
     publisher.publish_tick("c1", 2000)
     with caplog.at_level(logging.ERROR, logger="connectors.publisher"):
         summary = publisher.close()
-    assert len(summary.failures) == 4
+    # The change's record also carries the tick for partition 2; partitions 0 and 1 get it alone.
+    assert len(summary.failures) == 3
     assert summary.failures[0].startswith("changes[0]: ")
     assert "too large" in summary.failures[0].lower()
-    assert [failure.split(":")[0] for failure in summary.failures[1:]] == ["changes[0]", "changes[1]", "changes[2]"]
+    assert [failure.split(":")[0] for failure in summary.failures[1:]] == ["changes[0]", "changes[1]"]
     assert summary.delivered == 0
     assert any(record.message == "delivery failed" for record in caplog.records)
 
@@ -297,7 +330,8 @@ def test_publisher_delivers_to_broker(kafka_bootstrap, unique_name):
     publisher.publish_dead_letter("f:2", "invalid JSON", b"{")
     summary = publisher.close()
     assert summary.failures == []
-    assert summary.delivered == summary.records == 5
+    # The change's record carries the tick on its partition, and the other two get the tick alone.
+    assert summary.delivered == summary.records == 4
 
 
 @pytest.mark.integration

@@ -337,20 +337,25 @@ def test_ticks_follow_the_changes_they_cover(corpus_replay):
     for partition in range(3):
         last_tick: dict[str, int] = {}
         for record in (record for record in corpus_replay.records if record.partition == partition):
-            tick = record.value["tick"]
-            if tick is not None:
-                assert record.value["changes"] == []
-                assert record.key == tick["cluster"].encode()
-                assert tick["source"] == "replay"
-                assert tick["time"] >= last_tick.get(tick["cluster"], tick["time"])
-                last_tick[tick["cluster"]] = tick["time"]
-                ticks_by_partition[partition].append((tick["cluster"], tick["time"]))
-                continue
+            # A record's changes come before its tick, and a tick at T after every change of its
+            # cluster with time <= T.
             for change in record.value["changes"]:
-                # A tick at T comes after every change of its cluster with time <= T.
                 assert change["observedTime"] > last_tick.get(change["cluster"], -1), change_identity(change)
+            tick = record.value["tick"]
+            if tick is None:
+                continue
+            if record.value["changes"]:
+                assert record.key.startswith(tick["cluster"].encode() + b"/")
+            else:
+                assert record.key == tick["cluster"].encode()
+            assert tick["source"] == "replay"
+            assert tick["time"] >= last_tick.get(tick["cluster"], tick["time"])
+            last_tick[tick["cluster"]] = tick["time"]
+            ticks_by_partition[partition].append((tick["cluster"], tick["time"]))
     assert ticks_by_partition[0] == ticks_by_partition[1] == ticks_by_partition[2]
     assert len(ticks_by_partition[0]) > 22
+    # Ticks ride in change records where a partition had changes of the cluster.
+    assert any(record.value["changes"] and record.value["tick"] is not None for record in corpus_replay.records)
 
 
 @pytest.mark.integration
