@@ -849,6 +849,14 @@ class _TickRound:
     remaining: int
 
 
+def split_tick(contexts: Sequence[Any]) -> tuple[Sequence[PendingChange], _TickRound | None]:
+    """Return the changes and the tick round of one record's delivery contexts. A record carries
+    changes, a tick, or changes followed by a tick."""
+    if isinstance(contexts[-1], _TickRound):
+        return contexts[:-1], contexts[-1]
+    return contexts, None
+
+
 class PublishLoop:
     """Moves changes from the queue to Kafka in one thread, which also runs every delivery report.
 
@@ -986,16 +994,13 @@ class PublishLoop:
             self._saved_versions.update(changed)
 
     def _on_delivered(self, contexts: Sequence[Any], error: KafkaError | None) -> None:
-        # A record carries changes, a tick, or changes and then a tick.
-        tick_round = contexts[-1] if isinstance(contexts[-1], _TickRound) else None
+        entries, tick_round = split_tick(contexts)
         if tick_round is not None:
             tick_round.remaining -= 1
             if (tick_round.remaining <= 0 or error is not None) and self._tick_round is tick_round:
                 self._tick_round = None
-            contexts = contexts[:-1]
-            if not contexts:
-                return
-        entries: Sequence[PendingChange] = contexts
+        if not entries:
+            return
         self.in_flight -= len(entries)
         self.in_flight_bytes -= sum(len(entry.object_json) for entry in entries)
         if error is None:

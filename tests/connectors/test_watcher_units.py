@@ -30,7 +30,9 @@ from connectors.watcher import (
     ChangeQueue,
     QueuedChange,
     WatcherMetrics,
+    _TickRound,
     prepare_object,
+    split_tick,
 )
 from kdiag.errors import ConfigError
 from kdiag.model import ResourceChange
@@ -586,3 +588,11 @@ def test_queue_take_respects_bytes():
     assert len(first) == 2
     time.sleep(0)
     assert len(queue.take(10, 1 << 20, 0)) == 3
+
+
+def test_split_tick_from_changes():
+    tick_round = _TickRound(time_ms=5, remaining=2)
+
+    assert split_tick(["a", "b", tick_round]) == (["a", "b"], tick_round)
+    assert split_tick([tick_round]) == ([], tick_round)
+    assert split_tick(["a"]) == (["a"], None)
