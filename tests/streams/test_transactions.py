@@ -1,7 +1,7 @@
 """commit_partitions: order of attempts, parallel commits, retries after an abort, fatal errors.
 
-The transactions here are recording doubles of PartitionTransactions, so that aborts and fatal
-errors happen on demand. Commits against a broker are covered by the worker tests.
+Most transactions here are recording doubles of PartitionTransactions, so that aborts and fatal
+errors happen on demand. The last test commits against the broker, and the worker tests cover more.
 """
 
 from __future__ import annotations
@@ -113,3 +113,57 @@ def test_fatal_error_raised_after_other_commits(executor):
 
     assert partitions[0].applied == []
     assert partitions[1].applied == [([(b"key", b"value")], 101)]
+
+
+@pytest.mark.integration
+def test_commits_in_a_row_then_takeover(kafka_bootstrap, unique_name):
+    from confluent_kafka import Consumer
+    from confluent_kafka.admin import AdminClient, NewTopic
+
+    from kdiag.settings import Settings
+    from streams.transactions import PartitionTransactions
+
+    settings = Settings(
+        bootstrap_servers=kafka_bootstrap,
+        app_id=unique_name,
+        alerts_topic=f"{unique_name}-alerts",
+        partitions=1,
+    )
+    admin = AdminClient({"bootstrap.servers": kafka_bootstrap})
+    futures = admin.create_topics([NewTopic(settings.alerts_topic, 1, 1), NewTopic(settings.changelog_topic, 1, 1)])
+    for future in futures.values():
+        future.result(timeout=30)
+
+    # finish begins the next transaction, which the next batch uses and close aborts.
+    first = PartitionTransactions(settings, 0)
+    first.initialize(30)
+    offsets = [first.commit_outputs([(settings.alerts_topic, b"k", value)], [(b"state", value)]) for value in (b"1", b"2")]
+    first.close()
+    # A new owner of the partition fences the old producer and commits after it.
+    second = PartitionTransactions(settings, 0)
+    second.initialize(30)
+    offsets.append(second.commit_outputs([(settings.alerts_topic, b"k", b"3")], [(b"state", b"3")]))
+    second.close()
+
+    assert offsets == sorted(offsets)
+    assert len(set(offsets)) == 3
+    consumer = Consumer(
+        {
+            "bootstrap.servers": kafka_bootstrap,
+            "group.id": unique_name,
+            "isolation.level": "read_committed",
+            "auto.offset.reset": "earliest",
+        }
+    )
+    try:
+        consumer.subscribe([settings.alerts_topic])
+        values: list[bytes] = []
+        for _ in range(30):
+            message = consumer.poll(1.0)
+            if message is not None and message.error() is None:
+                values.append(message.value())
+            if len(values) == 3:
+                break
+    finally:
+        consumer.close()
+    assert values == [b"1", b"2", b"3"]
