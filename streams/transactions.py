@@ -61,8 +61,6 @@ class PartitionTransactions:
         )
         self._changelog_high = -1
         self._delivery_error: str | None = None
-        # Whether a transaction has begun and is not committed or aborted yet.
-        self._open = False
 
     def initialize(self, timeout_seconds: float = 60.0) -> None:
         """Register the transactional.id: this fences an older producer of the same partition."""
@@ -122,9 +120,7 @@ class PartitionTransactions:
         self._delivery_error = None
         producer = self._producer
         try:
-            if not self._open:
-                producer.begin_transaction()
-                self._open = True
+            producer.begin_transaction()
             # A record that fails makes commit_transaction fail, so only the last changelog record,
             # whose offset the state needs, reports its delivery.
             for topic, key, value in outputs:
@@ -142,7 +138,6 @@ class PartitionTransactions:
             raise
         except BufferError:
             producer.abort_transaction(timeout_seconds)
-            self._open = False
             raise TransactionAborted(
                 f"producer queue of {self.transactional_id} is full; lower batch_max_records"
             ) from None
@@ -158,30 +153,9 @@ class PartitionTransactions:
         except KafkaException as error:
             self._abort_if_required(error, timeout_seconds)
             raise
-        self._open = False
         if self._delivery_error is not None:
             raise KdiagError(f"delivery failed in a committed transaction: {self._delivery_error}")
-        self._begin_next()
         return self._changelog_high
-
-    def _begin_next(self) -> None:
-        """Begin the next transaction while librdkafka's thread is still awake from the commit.
-
-        begin_transaction waits for that thread and holds the GIL meanwhile: 16 µs on average right
-        after a commit and 112 µs after 5 ms of rest, measured on a 2-core machine kept busy by two
-        other processes. An open transaction without records may wait longer than the transaction
-        timeout, and aborting it sends nothing to the broker.
-        """
-        try:
-            self._producer.begin_transaction()
-        except KafkaException as error:
-            # produce_outputs begins the transaction itself and raises the error there.
-            log.warning(
-                "beginning the next transaction failed",
-                extra={"transactional_id": self.transactional_id, "error": str(error.args[0])},
-            )
-            return
-        self._open = True
 
     def _abort_if_required(self, error: KafkaException, timeout_seconds: float) -> None:
         """Abort after an error that requires it, and raise TransactionAborted then."""
@@ -192,21 +166,10 @@ class PartitionTransactions:
                 extra={"transactional_id": self.transactional_id, "error": str(kafka_error)},
             )
             self._producer.abort_transaction(timeout_seconds)
-            self._open = False
             raise TransactionAborted(f"transaction of {self.transactional_id} aborted: {kafka_error}") from None
 
     def close(self) -> None:
         self._producer.flush(5)
-        if self._open:
-            # The transaction that finish began contains no records yet.
-            try:
-                self._producer.abort_transaction(5)
-            except KafkaException as error:
-                log.warning(
-                    "aborting the empty transaction failed",
-                    extra={"transactional_id": self.transactional_id, "error": str(error.args[0])},
-                )
-            self._open = False
 
 
 @dataclass(frozen=True)

@@ -134,7 +134,6 @@ def test_commits_in_a_row_then_takeover(kafka_bootstrap, unique_name):
     for future in futures.values():
         future.result(timeout=30)
 
-    # finish begins the next transaction, which the next batch uses and close aborts.
     first = PartitionTransactions(settings, 0)
     first.initialize(30)
     offsets = [first.commit_outputs([(settings.alerts_topic, b"k", value)], [(b"state", value)]) for value in (b"1", b"2")]
