@@ -11,9 +11,10 @@ file's observed times. The file's generation is not timed.
 `kdiag replay` sends a tick to every partition whenever a cluster's clock moved --tick-interval
 seconds (default 1, the replay's own default). It flushes the cluster's buffered changes before
 each tick, so the records are many and small. The summary shows how many changes a ChangeBatch
-carried on average, and the worker's CPU time per record before and after it processed half the
-records, counted from the end of the replay. The second figure grows when some state grows with the
-stream's length.
+carried on average. It also shows, before and after the worker processed half the records (counted
+from the end of the replay), the worker's CPU time per record, the part of it in the garbage
+collector, and the changes per record. A CPU time per record that grows while the changes per record
+do not points at some state that grows with the stream's length.
 """
 
 from __future__ import annotations
@@ -97,10 +98,13 @@ def run(args: argparse.Namespace, broker: Broker) -> dict[str, Any]:
         f"{figures['alerts']} alert transitions",
     ]
     halves = figures["worker_cpu_us_per_record_halves"]
-    if len(halves) == 2:
+    gc_halves = figures["worker_gc_us_per_record_halves"]
+    change_halves = figures["changes_per_record_halves"]
+    if len(halves) == len(gc_halves) == len(change_halves) == 2:
         lines.append(
             f"worker CPU per record after the replay ended: {halves[0]:,.0f} µs until half the records were "
-            f"processed, {halves[1]:,.0f} µs after"
+            f"processed ({gc_halves[0]:,.0f} µs of it in the garbage collector, {change_halves[0]:.2f} changes "
+            f"per record), {halves[1]:,.0f} µs after ({gc_halves[1]:,.0f} µs, {change_halves[1]:.2f} changes)"
         )
     report("replay_speed", lines, figures)
     return figures
@@ -132,14 +136,16 @@ def _replay_and_wait(args: argparse.Namespace, topics: Any, worker: WorkerProces
     change_records = int(match.group(2))
     records = sum(end_offsets(settings.bootstrap_servers, settings.changes_topic, settings.partitions))
     deadline = started + args.timeout
-    # (records processed, worker CPU seconds) when the replay ended, at half the records, at the end.
-    marks: list[tuple[float, float]] = []
+    # (records processed, worker CPU seconds, seconds in the garbage collector, changes processed) when
+    # the replay ended, at half the records, and at the end.
+    marks: list[tuple[float, float, float, float]] = []
+    names = ("kdiag_worker_records_total", "kdiag_gc_pause_seconds_sum", "kdiag_worker_changes_total")
     while True:
         worker.check_running()
-        metrics = worker.metrics(("kdiag_worker_records_total",)) or {}
+        metrics = worker.metrics(names) or {}
         processed = metric_sum(metrics, "kdiag_worker_records_total")
         if not marks or (len(marks) == 1 and marks[0][0] < records / 2 <= processed) or processed >= records:
-            marks.append((processed, cpu_seconds(worker.pid) or 0.0))
+            marks.append((processed, cpu_seconds(worker.pid) or 0.0, *(metric_sum(metrics, name) for name in names[1:])))
         if processed >= records:
             break
         if time.monotonic() > deadline:
@@ -157,16 +163,20 @@ def _replay_and_wait(args: argparse.Namespace, topics: Any, worker: WorkerProces
         "alerts": int(metric_sum(metrics, "kdiag_worker_alerts_total")),
         "worker_cpu_seconds": round((cpu_seconds(worker.pid) or 0.0) - cpu_before, 1),
         "tick_interval_seconds": args.tick_interval,
-        "worker_cpu_us_per_record_halves": _cpu_per_record_halves(marks),
+        "worker_cpu_us_per_record_halves": _per_record_halves([(mark[0], mark[1]) for mark in marks]),
+        "worker_gc_us_per_record_halves": _per_record_halves([(mark[0], mark[2]) for mark in marks]),
+        # _per_record_halves scales seconds to µs, so the change counts are scaled back.
+        "changes_per_record_halves": [round(value / 1e6, 2) for value in _per_record_halves([(mark[0], mark[3]) for mark in marks])],
     }
 
 
-def _cpu_per_record_halves(marks: list[tuple[float, float]]) -> list[float]:
-    """Return the worker's CPU µs per record between consecutive marks. A cost per record that grows
-    in the second half points at state that grows with the stream, not with the cluster."""
+def _per_record_halves(marks: list[tuple[float, float]]) -> list[float]:
+    """Return the µs per record between consecutive (records processed, seconds) marks. A cost per
+    record that grows in the second half points at state that grows with the stream, not with the
+    cluster."""
     return [
-        round((cpu_after - cpu_before) / (done_after - done_before) * 1e6, 1)
-        for (done_before, cpu_before), (done_after, cpu_after) in zip(marks, marks[1:])
+        round((seconds_after - seconds_before) / (done_after - done_before) * 1e6, 1)
+        for (done_before, seconds_before), (done_after, seconds_after) in zip(marks, marks[1:])
         if done_after > done_before
     ]
 
