@@ -11,9 +11,18 @@ from concurrent.futures import ThreadPoolExecutor
 from typing import Sequence
 
 import pytest
-from confluent_kafka import KafkaError, KafkaException
+from confluent_kafka import Consumer, KafkaError, KafkaException
 
-from streams.transactions import Output, PartitionBatch, StateWrite, TransactionAborted, commit_partitions
+from kdiag.settings import Settings
+from kdiag.topics import ensure_topics
+from streams.transactions import (
+    Output,
+    PartitionBatch,
+    PartitionTransactions,
+    StateWrite,
+    TransactionAborted,
+    commit_partitions,
+)
 
 
 class RecordingTransactions:
@@ -117,22 +126,13 @@ def test_fatal_error_raised_after_other_commits(executor):
 
 @pytest.mark.integration
 def test_commits_in_a_row_then_takeover(kafka_bootstrap, unique_name):
-    from confluent_kafka import Consumer
-    from confluent_kafka.admin import AdminClient, NewTopic
-
-    from kdiag.settings import Settings
-    from streams.transactions import PartitionTransactions
-
     settings = Settings(
         bootstrap_servers=kafka_bootstrap,
         app_id=unique_name,
         alerts_topic=f"{unique_name}-alerts",
         partitions=1,
     )
-    admin = AdminClient({"bootstrap.servers": kafka_bootstrap})
-    futures = admin.create_topics([NewTopic(settings.alerts_topic, 1, 1), NewTopic(settings.changelog_topic, 1, 1)])
-    for future in futures.values():
-        future.result(timeout=30)
+    ensure_topics(settings, only=[settings.alerts_topic, settings.changelog_topic])
 
     first = PartitionTransactions(settings, 0)
     first.initialize(30)
