@@ -107,6 +107,8 @@ class CenterProcessor:
 
     def finish_batch(self, result: CenterResult) -> None:
         """Expire quiet sources up to the partition's event time."""
+        # NOTE: one clock serves every cluster of the partition, and expiry runs once per batch. Warning
+        # Events of a cluster whose times lag the others' can make one alert or several, by batch.
         if self.clock_ms is not None:
             result.graded.extend(self.center.advance(self.state, now_ms=self.clock_ms))
 
