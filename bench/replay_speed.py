@@ -25,7 +25,7 @@ import subprocess
 import sys
 import time
 from pathlib import Path
-from typing import Any
+from typing import Any, NamedTuple
 
 from bench import (
     KDIAG_BIN,
@@ -136,16 +136,22 @@ def _replay_and_wait(args: argparse.Namespace, topics: Any, worker: WorkerProces
     change_records = int(match.group(2))
     records = sum(end_offsets(settings.bootstrap_servers, settings.changes_topic, settings.partitions))
     deadline = started + args.timeout
-    # (records processed, worker CPU seconds, seconds in the garbage collector, changes processed) when
-    # the replay ended, at half the records, and at the end.
-    marks: list[tuple[float, float, float, float]] = []
+    # Marks taken when the replay ended, at half the records, and at the end.
+    marks: list[_Mark] = []
     names = ("kdiag_worker_records_total", "kdiag_gc_pause_seconds_sum", "kdiag_worker_changes_total")
     while True:
         worker.check_running()
         metrics = worker.metrics(names) or {}
         processed = metric_sum(metrics, "kdiag_worker_records_total")
-        if not marks or (len(marks) == 1 and marks[0][0] < records / 2 <= processed) or processed >= records:
-            marks.append((processed, cpu_seconds(worker.pid) or 0.0, *(metric_sum(metrics, name) for name in names[1:])))
+        if not marks or (len(marks) == 1 and marks[0].records < records / 2 <= processed) or processed >= records:
+            marks.append(
+                _Mark(
+                    records=processed,
+                    cpu_seconds=cpu_seconds(worker.pid) or 0.0,
+                    gc_seconds=metric_sum(metrics, "kdiag_gc_pause_seconds_sum"),
+                    changes=metric_sum(metrics, "kdiag_worker_changes_total"),
+                )
+            )
         if processed >= records:
             break
         if time.monotonic() > deadline:
@@ -163,21 +169,29 @@ def _replay_and_wait(args: argparse.Namespace, topics: Any, worker: WorkerProces
         "alerts": int(metric_sum(metrics, "kdiag_worker_alerts_total")),
         "worker_cpu_seconds": round((cpu_seconds(worker.pid) or 0.0) - cpu_before, 1),
         "tick_interval_seconds": args.tick_interval,
-        "worker_cpu_us_per_record_halves": _per_record_halves([(mark[0], mark[1]) for mark in marks]),
-        "worker_gc_us_per_record_halves": _per_record_halves([(mark[0], mark[2]) for mark in marks]),
-        # _per_record_halves scales seconds to µs, so the change counts are scaled back.
-        "changes_per_record_halves": [round(value / 1e6, 2) for value in _per_record_halves([(mark[0], mark[3]) for mark in marks])],
+        "worker_cpu_us_per_record_halves": _per_record_halves([(mark.records, mark.cpu_seconds) for mark in marks]),
+        "worker_gc_us_per_record_halves": _per_record_halves([(mark.records, mark.gc_seconds) for mark in marks]),
+        "changes_per_record_halves": _per_record_halves([(mark.records, mark.changes) for mark in marks], scale=1.0, digits=2),
     }
 
 
-def _per_record_halves(marks: list[tuple[float, float]]) -> list[float]:
-    """Return the µs per record between consecutive (records processed, seconds) marks. A cost per
-    record that grows in the second half points at state that grows with the stream, not with the
-    cluster."""
+class _Mark(NamedTuple):
+    """The worker's counters at one moment of the catch-up."""
+
+    records: float
+    cpu_seconds: float
+    gc_seconds: float
+    changes: float
+
+
+def _per_record_halves(marks: list[tuple[float, float]], scale: float = 1e6, digits: int = 1) -> list[float]:
+    """Return how much of a counter each record took between consecutive (records, counter) marks,
+    times `scale` (by default seconds to µs). A cost per record that grows in the second half points
+    at state that grows with the stream, not with the cluster."""
     return [
-        round((seconds_after - seconds_before) / (done_after - done_before) * 1e6, 1)
-        for (done_before, seconds_before), (done_after, seconds_after) in zip(marks, marks[1:])
-        if done_after > done_before
+        round((value_after - value_before) / (records_after - records_before) * scale, digits)
+        for (records_before, value_before), (records_after, value_after) in zip(marks, marks[1:])
+        if records_after > records_before
     ]
 
 

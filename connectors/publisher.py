@@ -274,18 +274,17 @@ class Publisher:
     def publish_tick(self, cluster: str, time_ms: int, context: Any = None) -> None:
         """Send the cluster's buffered changes, then a tick at `time_ms` to every partition.
 
-        The last record of those changes on a partition carries the tick. Every other partition gets a
-        record with the tick alone. A `context` other than None is handed to the on_delivered callback
+        The last record of those changes on a partition carries the tick when it has room. Every other
+        partition gets a record with the tick alone. A `context` other than None is handed to the on_delivered callback
         once per partition's record, after the contexts of the changes that share the record.
         """
         tick = Tick(cluster=cluster, time_ms=time_ms, source=self.source).to_avro()
         partitions = self.partition_count()
-        keys = list(self._cluster_keys.get(cluster, ()))
-        last_key = {partition_for_key(key.encode(), partitions): key for key in keys}
+        partition_of = {key: partition_for_key(key.encode(), partitions) for key in self._cluster_keys.get(cluster, ())}
+        last_key = {partition: key for key, partition in partition_of.items()}
         tick_bytes = len(cluster.encode()) + len(self.source.encode()) + TICK_OVERHEAD_BYTES
         carried: set[int] = set()
-        for key in keys:
-            partition = partition_for_key(key.encode(), partitions)
+        for key, partition in partition_of.items():
             fits = self._buffers[key].size_bytes + tick_bytes + BATCH_OVERHEAD_BYTES <= self.settings.max_record_bytes
             if last_key[partition] == key and fits:
                 self._flush_key(cluster, key, tick, context)
