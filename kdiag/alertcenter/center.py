@@ -99,8 +99,13 @@ class AlertCenter:
         config = self._config
         enrichment = enrich(event, config, self._namespace_labels)
         fingerprint = alert_fingerprint(event, enrichment, config)
+        outputs: list[GradedAlert] = []
+        entry = state.alerts.get(fingerprint)
+        if entry is not None:
+            # Sources whose expiry this event's time has passed ended before it, whether advance() ran or not.
+            outputs = self._expire(entry, event.observed_time_ms, state)
         if event.status != EVENT_FIRING:
-            return self._end_member(fingerprint, event, state)
+            return outputs + self._end_member(fingerprint, event, state)
 
         base_level = config.base_level(event.rule, event.labels)
         rejection = config.filters.rejection(
@@ -114,13 +119,13 @@ class AlertCenter:
             }
         )
         if rejection is not None:
-            return []
+            return outputs
 
         now = event.observed_time_ms
         member = Member(last_seen_ms=now, expires_at_ms=self._member_expiry(event))
         entry = state.alerts.get(fingerprint)
         if entry is not None:
-            return self._repeat(entry, event, member, state)
+            return outputs + self._repeat(entry, event, member, state)
 
         top = enrichment.top_owner
         entry = AlertEntry(
@@ -149,7 +154,7 @@ class AlertCenter:
         )
         self._update_details(entry, event)
         state.put_alert(entry)
-        return self._join_episode(entry, now, state)
+        return outputs + self._join_episode(entry, now, state)
 
     def acknowledge(self, action: Mapping[str, Any], state: AlertCenterState) -> list[GradedAlert]:
         """Apply an Action record (schemas/action.avsc); return ACKNOWLEDGED for its alert's first ack.
@@ -174,43 +179,57 @@ class AlertCenter:
         state.put_alert(entry)
         return [self._graded(ACKNOWLEDGED, time_ms, entry, state)]
 
-    def advance(self, state: AlertCenterState, now_ms: int | None = None) -> list[GradedAlert]:
+    def advance(self, state: AlertCenterState, now_ms: int | None = None, cluster: str | None = None) -> list[GradedAlert]:
         """Expire sources whose quiet period ended by event time `now_ms` and resolve alerts left
-        without a source (resolveReason "expired", resolvedAt the expiry time).
+        without a source (resolveReason "expired"; time and resolvedAt are the expiry time).
 
-        Call it when the partition's event time advances, e.g. on every batch with its newest
-        observedTime. Once the earliest expiry passed, it checks every firing alert, in fingerprint
-        order.
+        With `cluster`, only that cluster's alerts expire. Call it with a time up to which every event
+        of the cluster has been processed, such as the cluster's watermark. Once the cluster's earliest
+        expiry has passed, it checks the cluster's firing alerts in fingerprint order.
         """
         if now_ms is None:
             if self._clock is None:
                 raise ValueError("advance() needs now_ms when the AlertCenter has no clock")
             now_ms = self._clock()
-        if state.next_expiry_ms is not None and now_ms < state.next_expiry_ms:
-            return []
+        clusters = [cluster] if cluster is not None else sorted({entry.cluster for entry in state.alerts.values()})
         outputs: list[GradedAlert] = []
-        next_expiry_ms = math.inf
-        for fingerprint in sorted(state.alerts):
-            entry = state.alerts[fingerprint]
-            expired = {}
-            for name, member in entry.members.items():
-                if member.expires_at_ms is None:
+        for name in clusters:
+            next_expiry_ms = state.next_expiry_ms.get(name)
+            if next_expiry_ms is not None and now_ms < next_expiry_ms:
+                continue
+            next_expiry_ms = math.inf
+            for fingerprint in sorted(state.alerts):
+                entry = state.alerts[fingerprint]
+                if entry.cluster != name:
                     continue
-                if member.expires_at_ms <= now_ms:
-                    expired[name] = member.expires_at_ms
-                else:
-                    next_expiry_ms = min(next_expiry_ms, member.expires_at_ms)
-            if not expired:
-                continue
-            for name in expired:
-                del entry.members[name]
-            if entry.members:
-                state.put_alert(entry)
-                continue
-            resolved_at = max(expiry for expiry in expired.values() if expiry is not None)
-            outputs.extend(self._resolve(entry, now_ms, resolved_at, RESOLVE_REASON_EXPIRED, state))
-        state.next_expiry_ms = next_expiry_ms
+                outputs.extend(self._expire(entry, now_ms, state))
+                if state.alerts.get(fingerprint) is entry:
+                    for member in entry.members.values():
+                        if member.expires_at_ms is not None:
+                            next_expiry_ms = min(next_expiry_ms, member.expires_at_ms)
+            state.next_expiry_ms[name] = next_expiry_ms
         return outputs
+
+    def _expire(self, entry: AlertEntry, now_ms: int, state: AlertCenterState) -> list[GradedAlert]:
+        """Remove the alert's sources that expired by `now_ms`; resolve the alert if none is left."""
+        expired = [
+            member.expires_at_ms
+            for member in entry.members.values()
+            if member.expires_at_ms is not None and member.expires_at_ms <= now_ms
+        ]
+        if not expired:
+            return []
+        entry.members = {
+            name: member
+            for name, member in entry.members.items()
+            if member.expires_at_ms is None or member.expires_at_ms > now_ms
+        }
+        if entry.members:
+            state.put_alert(entry)
+            return []
+        # The alert ended at its last source's expiry, a time that does not depend on when this runs.
+        resolved_at = max(expired)
+        return self._resolve(entry, resolved_at, resolved_at, RESOLVE_REASON_EXPIRED, state)
 
     # Transitions
 

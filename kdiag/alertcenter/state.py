@@ -161,19 +161,20 @@ class AlertCenterState:
         self.alerts: dict[str, AlertEntry] = {}
         self.rules: dict[str, RuleEntry] = {}
         self.dirty: set[str] = set()
-        # No member of an alert expires before this time (math.inf: none expires). None: not known,
-        # so AlertCenter.advance checks every alert and sets it.
-        self.next_expiry_ms: float | None = None
+        # Per cluster, the time before which no member of its alerts expires (math.inf: none expires).
+        # A cluster without a value is not known, so AlertCenter.advance checks its alerts and sets it.
+        self.next_expiry_ms: dict[str, float] = {}
 
     # Changes
 
     def put_alert(self, entry: AlertEntry) -> None:
         self.alerts[entry.fingerprint] = entry
         self.dirty.add(entry.key)
-        if self.next_expiry_ms is not None:
+        next_expiry_ms = self.next_expiry_ms.get(entry.cluster)
+        if next_expiry_ms is not None:
             for member in entry.members.values():
-                if member.expires_at_ms is not None and member.expires_at_ms < self.next_expiry_ms:
-                    self.next_expiry_ms = member.expires_at_ms
+                if member.expires_at_ms is not None and member.expires_at_ms < next_expiry_ms:
+                    next_expiry_ms = self.next_expiry_ms[entry.cluster] = member.expires_at_ms
 
     def delete_alert(self, fingerprint: str) -> None:
         self.alerts.pop(fingerprint, None)
@@ -221,8 +222,8 @@ class AlertCenterState:
                 return
             values = _load(key, data)
             values["members"] = {name: Member(**member) for name, member in values["members"].items()}
-            self.alerts[fingerprint] = AlertEntry(**values)
-            self.next_expiry_ms = None
+            entry = self.alerts[fingerprint] = AlertEntry(**values)
+            self.next_expiry_ms.pop(entry.cluster, None)
         elif key.startswith(RULE_PREFIX):
             rule = key[len(RULE_PREFIX):]
             if data is None:

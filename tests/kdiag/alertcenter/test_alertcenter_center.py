@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import itertools
+
 import pytest
 from conftest import MINUTE_MS, T0, diagnosis
 from prometheus_client import CollectorRegistry
@@ -485,7 +487,7 @@ def test_changed_keys_per_input():
     assert changes["rule/PodImagePullFailing"] is not None  # The episode's applications stay as history.
 
 
-def pod_warning(pod: str, minute: int):
+def pod_warning(pod: str, minute: int, cluster: str = "c1"):
     return kubernetes_event_to_event(
         {
             "kind": "Event",
@@ -495,8 +497,65 @@ def pod_warning(pod: str, minute: int):
             "reason": "BackOff",
             "lastTimestamp": format_time_ms(T0 + minute * MINUTE_MS),
         },
-        cluster="c1",
+        cluster=cluster,
     )
+
+
+def test_expiry_does_not_depend_on_when_advance_runs():
+    # Each pod is quiet once for longer than staleAfter (web-1 from minute 5 to 21, api-1 from 3 to
+    # 30), so each makes two alerts.
+    events = [
+        pod_warning("web-1", 0),
+        pod_warning("api-1", 3),
+        pod_warning("web-1", 5),
+        pod_warning("web-1", 21),
+        pod_warning("api-1", 30),
+        pod_warning("web-1", 33),
+    ]
+    outcomes = set()
+    for calls in itertools.product((False, True), repeat=len(events)):
+        center = AlertCenter(AlertCenterConfig.from_mapping({"staleAfter": "15m"}))
+        state = AlertCenterState()
+        steps: list = []
+        for event, call in zip(events, calls):
+            steps.append(event)
+            if call:
+                # As a watermark would: every event up to this time was processed.
+                steps.append(("advance", event.observed_time_ms))
+        steps.append(("advance", T0 + 2 * HOUR_MS))
+        by_alert: dict[str, list] = {}
+        for record in run(center, state, steps):
+            by_alert.setdefault(record["name"], []).append((record["type"], record["time"], record["resolvedAt"]))
+        outcomes.add(tuple(sorted((name, tuple(records)) for name, records in by_alert.items())))
+
+    assert len(outcomes) == 1
+    (outcome,) = outcomes
+    assert dict(outcome)["web-1"] == (
+        ("FIRING", T0, None),
+        ("RESOLVED", T0 + 20 * MINUTE_MS, T0 + 20 * MINUTE_MS),
+        ("FIRING", T0 + 21 * MINUTE_MS, None),
+        ("RESOLVED", T0 + 48 * MINUTE_MS, T0 + 48 * MINUTE_MS),
+    )
+    assert dict(outcome)["api-1"] == (
+        ("FIRING", T0 + 3 * MINUTE_MS, None),
+        ("RESOLVED", T0 + 18 * MINUTE_MS, T0 + 18 * MINUTE_MS),
+        ("FIRING", T0 + 30 * MINUTE_MS, None),
+        ("RESOLVED", T0 + 45 * MINUTE_MS, T0 + 45 * MINUTE_MS),
+    )
+
+
+def test_advance_of_one_cluster_leaves_the_others():
+    center = AlertCenter(AlertCenterConfig.from_mapping({"staleAfter": "15m"}))
+    state = AlertCenterState()
+    run(center, state, [pod_warning("web-1", 0, cluster="east"), pod_warning("web-1", 0, cluster="west")])
+
+    east = center.advance(state, T0 + HOUR_MS, cluster="east")
+    assert [(graded.type, graded.entry.cluster) for graded in east] == [("RESOLVED", "east")]
+    assert [entry.cluster for entry in state.alerts.values()] == ["west"]
+
+    west = center.advance(state, T0 + HOUR_MS, cluster="west")
+    assert [(graded.type, graded.entry.cluster) for graded in west] == [("RESOLVED", "west")]
+    assert not state.alerts
 
 
 def test_late_warning_expires_before_earlier_scan_bound():
