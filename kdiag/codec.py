@@ -59,6 +59,10 @@ class Codec:
         fastavro.schemaless_writer(buffer, self._schema, datum)
         return buffer.getvalue()
 
+    def wrote(self, data: bytes | None) -> bool:
+        """Return whether `data` starts with this schema's single-object header."""
+        return data is not None and data[:_HEADER_BYTES] == self._header
+
     def decode(self, data: bytes) -> dict[str, Any]:
         if data is None or len(data) < _HEADER_BYTES or data[:2] != SINGLE_OBJECT_MARKER:
             raise DecodeError(

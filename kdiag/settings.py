@@ -46,6 +46,11 @@ class Settings:
     plugin_processes: int = 2
     # Send Warning Events that no rule matches to the alert center (rule KubernetesWarning).
     forward_warning_events: bool = True
+    # Event time between two watermarks that each changes partition sends to the alert center for a
+    # cluster. The alert center expires quiet Warning alerts at the watermark, so on a quiet cluster a
+    # Warning alert resolves up to this much later than it expired. Each watermark is one record per
+    # changes partition and cluster.
+    watermark_interval_seconds: float = 30.0
     schemas_dir: Path = PROJECT_ROOT / "schemas"
     # Records per worker batch. A batch's decoded changes and staged writes stay in memory until its
     # transaction commits, about 3 KB per change. With 1,000,000 tracked objects, bench.memory measured
@@ -137,6 +142,11 @@ def load_settings(environ: dict[str, str] | None = None, **overrides: object) ->
             values[field.name] = _convert(field.name, str(field.type), raw)
     values.update({key: value for key, value in overrides.items() if value is not None})
     settings = Settings(**values)
+    if settings.watermark_interval_seconds <= 0:
+        raise ConfigError(
+            f"watermark_interval_seconds must be positive, got {settings.watermark_interval_seconds}; "
+            f"set KDIAG_WATERMARK_INTERVAL_SECONDS to a number of seconds above 0"
+        )
     if settings.partitions < 1:
         raise ConfigError(f"partitions must be at least 1, got {settings.partitions}")
     if settings.gc_young_threshold_objects < 1:

@@ -4,6 +4,11 @@ Both topics are keyed by rule and have the same partition count, so partition p 
 worker. Like the rule stage, each partition keeps its state (the AlertCenterState) in RocksDB backed
 by a changelog. It commits its graded alerts, state and next offsets in one Kafka transaction, so a
 killed worker neither repeats nor loses a graded alert or a level change.
+
+Quiet Kubernetes Warning alerts expire by their cluster's watermark: the oldest of the last
+watermarks that each changes partition sent (schemas/watermark.avsc). By then every Warning event of
+the cluster up to that time has arrived, so batch boundaries and other clusters' times do not change
+which alerts expire and when.
 """
 
 from __future__ import annotations
@@ -29,10 +34,12 @@ EVENT = codec("Event")
 ACTION = codec("Action")
 GRADED_ALERT = codec("GradedAlert")
 DEAD_LETTER = codec("DeadLetter")
+WATERMARK = codec("Watermark")
 
 STATE_PREFIX = b"s\x1f"
 OFFSET_PREFIX = b"o\x1f"
-CLOCK_KEY = b"clock"
+# Key: prefix, cluster, unit separator, changes partition. Value: "<time ms> <partition count>".
+WATERMARK_PREFIX = b"w\x1f"
 
 
 @dataclass
@@ -50,6 +57,20 @@ class CenterRecord:
     value: bytes | None
 
 
+@dataclass(slots=True)
+class ClusterWatermarks:
+    """The last watermark time of one cluster from each changes partition."""
+
+    partitions: int
+    times: dict[int, int] = field(default_factory=dict)
+
+    def current(self) -> int | None:
+        """Return the cluster's watermark, or None until every partition sent one."""
+        if any(partition not in self.times for partition in range(self.partitions)):
+            return None
+        return min(self.times[partition] for partition in range(self.partitions))
+
+
 class CenterProcessor:
     """Applies events and actions of one partition to the alert center. It does no I/O."""
 
@@ -60,16 +81,16 @@ class CenterProcessor:
         center: AlertCenter,
         state: AlertCenterState,
         next_offsets: dict[str, int],
-        clock_ms: int | None,
+        watermarks: dict[str, ClusterWatermarks],
     ) -> None:
         self.settings = settings
         self.partition = partition
         self.center = center
         self.state = state
         self.next_offsets = dict(next_offsets)
-        self.clock_ms = clock_ms
+        self.watermarks = watermarks
         self._offsets_changed: set[str] = set()
-        self._clock_changed = False
+        self._watermarks_changed: set[tuple[str, int]] = set()
 
     def process(self, record: CenterRecord, result: CenterResult) -> None:
         """Apply one record; records below the topic's next offset were committed already."""
@@ -80,13 +101,12 @@ class CenterProcessor:
         result.records += 1
         try:
             if record.topic == self.settings.actions_topic:
-                action = ACTION.decode(record.value)
-                result.graded.extend(self.center.acknowledge(action, self.state))
-                self._advance_clock(action["time"])
+                result.graded.extend(self.center.acknowledge(ACTION.decode(record.value), self.state))
+            elif WATERMARK.wrote(record.value):
+                self._apply_watermark(WATERMARK.decode(record.value), result)
             else:
                 event = Event.from_avro(EVENT.decode(record.value))
                 result.graded.extend(self.center.process(event, self.state))
-                self._advance_clock(event.observed_time_ms)
         except DecodeError as error:
             origin = f"{record.topic}[{record.partition}]@{record.offset}"
             log.warning("record rejected", extra={"origin": origin, "reason": str(error)})
@@ -100,27 +120,42 @@ class CenterProcessor:
                 }
             )
 
-    def _advance_clock(self, time_ms: int) -> None:
-        if self.clock_ms is None or time_ms > self.clock_ms:
-            self.clock_ms = time_ms
-            self._clock_changed = True
-
-    def finish_batch(self, result: CenterResult) -> None:
-        """Expire quiet sources up to the partition's event time."""
-        # NOTE: one clock serves every cluster of the partition, and expiry runs once per batch. Warning
-        # Events of a cluster whose times lag the others' can make one alert or several, by batch.
-        if self.clock_ms is not None:
-            result.graded.extend(self.center.advance(self.state, now_ms=self.clock_ms))
+    def _apply_watermark(self, watermark: dict[str, Any], result: CenterResult) -> None:
+        """Record a changes partition's watermark; expire the cluster's alerts if its watermark moved."""
+        cluster, source, partitions = watermark["cluster"], watermark["partition"], watermark["partitions"]
+        if not 0 <= source < partitions:
+            raise DecodeError(
+                f"Watermark field partition: expected a partition of {watermark['topic']} below its "
+                f"partition count {partitions}, got {source}; the sender wrote an invalid watermark"
+            )
+        marks = self.watermarks.get(cluster)
+        if marks is None:
+            marks = self.watermarks[cluster] = ClusterWatermarks(partitions)
+        before = marks.current()
+        if partitions != marks.partitions:
+            marks.partitions = partitions
+            self._watermarks_changed.update((cluster, partition) for partition in marks.times)
+        if watermark["time"] > marks.times.get(source, -1):
+            marks.times[source] = watermark["time"]
+            self._watermarks_changed.add((cluster, source))
+        after = marks.current()
+        if after is not None and (before is None or after > before):
+            result.graded.extend(self.center.advance(self.state, now_ms=after, cluster=cluster))
 
     def take_state_writes(self) -> list[tuple[bytes, bytes | None]]:
         writes = [(STATE_PREFIX + key.encode(), value) for key, value in self.state.take_changes().items()]
         for topic in sorted(self._offsets_changed):
             writes.append((OFFSET_PREFIX + topic.encode(), str(self.next_offsets[topic]).encode()))
         self._offsets_changed.clear()
-        if self._clock_changed and self.clock_ms is not None:
-            writes.append((CLOCK_KEY, str(self.clock_ms).encode()))
-            self._clock_changed = False
+        for cluster, source in sorted(self._watermarks_changed):
+            marks = self.watermarks[cluster]
+            writes.append((watermark_key(cluster, source), f"{marks.times[source]} {marks.partitions}".encode()))
+        self._watermarks_changed.clear()
         return writes
+
+
+def watermark_key(cluster: str, source: int) -> bytes:
+    return WATERMARK_PREFIX + f"{cluster}\x1f{source}".encode()
 
 
 def load_processor(store: PartitionStore, settings: Settings, partition: int, center: AlertCenter) -> CenterProcessor:
@@ -130,9 +165,13 @@ def load_processor(store: PartitionStore, settings: Settings, partition: int, ce
         items.append((key[len(STATE_PREFIX):].decode(), store.get(key)))
     for key in store.scan_keys(OFFSET_PREFIX):
         next_offsets[key[len(OFFSET_PREFIX):].decode()] = int(store.get(key))
-    raw_clock = store.get(CLOCK_KEY)
-    clock = int(raw_clock) if raw_clock is not None else None
-    return CenterProcessor(settings, partition, center, AlertCenterState.restore(items), next_offsets, clock)
+    watermarks: dict[str, ClusterWatermarks] = {}
+    for key in store.scan_keys(WATERMARK_PREFIX):
+        cluster, source = key[len(WATERMARK_PREFIX):].decode().rsplit("\x1f", 1)
+        time_ms, partitions = store.get(key).split()
+        marks = watermarks.setdefault(cluster, ClusterWatermarks(int(partitions)))
+        marks.times[int(source)] = int(time_ms)
+    return CenterProcessor(settings, partition, center, AlertCenterState.restore(items), next_offsets, watermarks)
 
 
 class CenterPartition:
@@ -167,7 +206,6 @@ class CenterPartition:
                 self.processor.process(record, result)
             if result.records == 0:
                 return None
-            self.processor.finish_batch(result)
             outputs: list[Output] = [
                 (self.settings.graded_alerts_topic, graded.fingerprint.encode(), GRADED_ALERT.encode(graded.to_avro()))
                 for graded in result.graded

@@ -18,7 +18,7 @@ from typing import Any
 import orjson
 
 from kdiag import json_bytes
-from kdiag.alertcenter.events import alert_to_event, kubernetes_event_to_event
+from kdiag.alertcenter.events import KUBERNETES_WARNING_RULE, alert_to_event, kubernetes_event_to_event
 from kdiag.codec import codec
 from kdiag.durations import FIRING_STATUS, AlertEvent, DurationTracker, Entry, EntryStorage, ObjectRef
 from kdiag.model import format_time_ms, topic_key
@@ -41,6 +41,7 @@ ALERT = codec("Alert")
 DEAD_LETTER = codec("DeadLetter")
 DIAGNOSIS = codec("Diagnosis")
 EVENT = codec("Event")
+WATERMARK = codec("Watermark")
 MAX_DEAD_LETTER_PAYLOAD_BYTES = 65_536
 # Referrer kinds whose related-table projection keeps everything rules read except the
 # resourceVersion. Their referrers are stored as a table key and a resourceVersion, not a second copy.
@@ -64,7 +65,8 @@ class BatchResult:
     # Diagnosis records for the root-cause stage, keyed by rule: one per alert transition.
     diagnoses: list[tuple[bytes, bytes]] = field(default_factory=list)
     diagnosed: int = 0  # alerts turned into diagnoses so far
-    # Warning Events that no rule matched, as KUBERNETES_EVENT events for the alert center.
+    # Warning Events that no rule matched, as KUBERNETES_EVENT events for the alert center, and the
+    # watermarks that follow them, keyed by rule.
     warning_events: list[tuple[bytes, bytes]] = field(default_factory=list)
     dead_letters: list[dict[str, Any]] = field(default_factory=list)
     records: int = 0
@@ -115,13 +117,15 @@ class PartitionProcessor:
         cluster_nodes: Callable[[str], Iterable[dict[str, Any]]] | None = None,
         forward_warnings: bool = True,
         entry_storage: EntryStorage | None = None,
+        watermark_interval_ms: int = 30_000,
     ) -> None:
         """`partitions` is the changes topic's partition count. `lookup` reads one committed state key
         and `scan` returns the committed keys with a prefix. `cluster_objects` returns cluster-scoped
         objects that other partitions received; without it, rules that read them match only on the
         partition that receives them. `cluster_nodes` lists a cluster's Nodes that other partitions
         received, for the snapshots of unscheduled pods. With `forward_warnings`, Warning Events that
-        no rule matches go to the alert center as they are. `entry_storage` keeps the tracker's
+        no rule matches go to the alert center as they are, followed by a watermark of their cluster
+        at most once per `watermark_interval_ms` of its event time. `entry_storage` keeps the tracker's
         entries, loaded already, so `entries` must then be empty. Without it the entries stay in
         memory."""
         self.topic = topic
@@ -140,6 +144,9 @@ class PartitionProcessor:
         self._cluster_objects = cluster_objects
         self._cluster_nodes = cluster_nodes
         self.forward_warnings = forward_warnings
+        self.watermark_interval_ms = watermark_interval_ms
+        # Per cluster, the time of the last watermark sent. After a restart the next tick sends one.
+        self._watermarks_sent: dict[str, int] = {}
         self.related = RelatedTable(lookup, scan, rule_set.kinds)
         # Projections of cluster-scoped objects for the cluster-objects topic, taken at the commit.
         self.cluster_object_writes: list[tuple[ObjectKey, dict[str, Any] | None]] = []
@@ -216,6 +223,8 @@ class PartitionProcessor:
         if tick is not None:
             result.ticks += 1
             self._advance(tick["cluster"], tick["time"], result)
+            if self.forward_warnings:
+                self._send_watermark(tick["cluster"], tick["time"], result)
         self.diagnose(result, offset)
 
     def _advance(self, cluster: str, time_ms: int, result: BatchResult) -> None:
@@ -353,6 +362,18 @@ class PartitionProcessor:
             return
         if event is not None:
             result.warning_events.append((event.rule.encode(), EVENT.encode(event.to_avro())))
+
+    def _send_watermark(self, cluster: str, time_ms: int, result: BatchResult) -> None:
+        """Tell the alert center that this partition forwarded the cluster's Warning Events up to the
+        tick at `time_ms`, when the tick starts a new watermark interval."""
+        sent = self._watermarks_sent.get(cluster)
+        interval = self.watermark_interval_ms
+        if sent is not None and time_ms // interval <= sent // interval:
+            return
+        self._watermarks_sent[cluster] = time_ms
+        # Keyed as the forwarded Warning events, so it reaches their partition after them.
+        watermark = {"cluster": cluster, "time": time_ms, "topic": self.topic, "partition": self.partition, "partitions": self.partitions}
+        result.warning_events.append((KUBERNETES_WARNING_RULE.encode(), WATERMARK.encode(watermark)))
 
     # References
 

@@ -150,6 +150,7 @@ class PartitionRuntime:
             cluster_nodes=self.cluster_objects.nodes if self.cluster_objects is not None else None,
             forward_warnings=self.settings.forward_warning_events,
             entry_storage=StoredEntries(self.store),
+            watermark_interval_ms=round(self.settings.watermark_interval_seconds * 1000),
         )
 
     def batch(self, records: Sequence[InputRecord], rule_set: RuleSet) -> tuple[PartitionBatch, list[BatchResult]]:

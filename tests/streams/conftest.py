@@ -43,6 +43,7 @@ def settings_env(settings: Settings) -> dict[str, str]:
             "KDIAG_PARTITIONS": str(settings.partitions),
             "KDIAG_RULES_DIR": str(settings.rules_dir),
             "KDIAG_METRICS_PORT": str(settings.metrics_port),
+            "KDIAG_BATCH_MAX_RECORDS": str(settings.batch_max_records),
         }
     )
     return env

@@ -9,6 +9,7 @@ from streams.processor import BatchResult, OffsetGapError, PartitionProcessor
 from streams.state import NEXT_OFFSET_KEY, clock_state_key
 
 CHANGE_BATCH = codec("ChangeBatch")
+WATERMARK = codec("Watermark")
 T0 = 1_600_000_000_000
 
 RULES = RuleSet(
@@ -278,3 +279,28 @@ def test_duration_starts_at_object_timestamp():
     processor.process(2, tick_record(T0 + 200_000), result)
     assert statuses(result) == ["FIRING"]
     assert result.alerts[0].to_avro()["activeSince"] == T0 - 100_000
+
+
+def sent_watermarks(result: BatchResult) -> list[tuple[bytes, dict]]:
+    return [(key, WATERMARK.decode(value)) for key, value in result.warning_events if WATERMARK.wrote(value)]
+
+
+def test_ticks_send_one_watermark_per_interval():
+    processor = PartitionProcessor("changes", 2, RULES, [], {}, 0, partitions=3, watermark_interval_ms=30_000)
+    result = BatchResult()
+    start = T0 - T0 % 30_000  # Intervals start at multiples of 30 s since the epoch.
+    for offset, seconds in enumerate([0, 10, 29, 30, 31, 95]):
+        processor.process(offset, tick_record(start + seconds * 1000), result)
+
+    sent = sent_watermarks(result)
+    assert [watermark["time"] for _, watermark in sent] == [start, start + 30_000, start + 95_000]
+    assert {key for key, _ in sent} == {b"KubernetesWarning"}
+    assert sent[0][1] == {"cluster": "c1", "time": start, "topic": "changes", "partition": 2, "partitions": 3}
+
+
+def test_no_watermarks_without_forwarded_warnings():
+    processor = PartitionProcessor("changes", 0, RULES, [], {}, 0, forward_warnings=False)
+    result = BatchResult()
+    processor.process(0, tick_record(T0), result)
+    processor.process(1, tick_record(T0 + 600_000), result)
+    assert result.warning_events == []

@@ -101,6 +101,32 @@ def test_corpus_replay_fires_expected_alerts(pipeline):
     assert unexpected == set()
 
 
+def graded_transitions(pipeline) -> list[tuple]:
+    """The FIRING and RESOLVED graded alerts, without levels: escalation follows arrival order."""
+    return sorted(
+        (record["type"], record["rule"], record["cluster"], record["name"], record["time"], record["resolvedAt"] or 0)
+        for record in pipeline.graded_alerts()
+        if record["type"] in ("FIRING", "RESOLVED")
+    )
+
+
+def test_graded_alerts_do_not_depend_on_batch_boundaries(make_pipeline):
+    runs = []
+    for label, batch_max_records in (("a", 50), ("b", 2)):
+        pipeline = make_pipeline(label)
+        pipeline.settings = pipeline.settings.replace(batch_max_records=batch_max_records)
+        pipeline.start_worker()
+        replay_corpus(pipeline)
+        pipeline.wait_for_alerts()
+        runs.append(graded_transitions(pipeline))
+
+    assert runs[0] == runs[1]
+    # The HPA's Warning Events, which no rule matches, make one alert, which expires at the watermark.
+    warnings = [(kind, name) for kind, rule, cluster, name, *_ in runs[0]
+                if rule == "KubernetesWarning" and cluster == "29-hpa-missing-cpu-request"]
+    assert warnings == [("FIRING", "nginx-hpa"), ("RESOLVED", "nginx-hpa")]
+
+
 def test_node_pressure_trap_stays_quiet(pipeline):
     pipeline.start_worker()
     pipeline.replay(str(CORPUS / "22-node-notready-pleg.yaml"), "--cluster", "pleg", "--hold", "1h")
