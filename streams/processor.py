@@ -285,6 +285,8 @@ class PartitionProcessor:
             self._forward_warning(ref, obj, time_ms, result)
 
     def _apply_delete(self, ref: ObjectRef, object_key: ObjectKey, referenced: bool, time_ms: int, result: BatchResult) -> None:
+        # Checks that were due before the delete see the object, however late the next tick comes.
+        self._run_due_checks(ref.cluster, result, until_ms=time_ms)
         result.alerts.extend(self.tracker.delete(ref, time_ms))
         if self._reference_rules(ref.kind) or self._has_periodic_rules(ref.kind):
             self._forget_referrer(ref.cluster, ref.uid)

@@ -312,6 +312,16 @@ def test_periodic_checks_stop_after_delete():
     assert [key for key in harness.state if key.startswith(b"a\x1f")] == []
 
 
+def test_periodic_check_due_before_delete_runs():
+    first_check = next_check_ms("PodPendingChecked", "pod-1", T0, 60, 0)
+    harness = periodic_harness()
+    harness.feed(record(pod_reading(), T0))
+    # No tick reaches the check time before the delete arrives.
+    harness.feed(record(pod_reading(), first_check + 5_000, change_type="DELETED"))
+    assert harness.transitions() == [("FIRING", "PodPendingChecked", ""), ("RESOLVED", "PodPendingChecked", "deleted")]
+    assert harness.alerts[0]["activeSince"] == first_check
+
+
 def storage_class(name: str) -> dict:
     return {"apiVersion": "storage.k8s.io/v1", "kind": "StorageClass", "metadata": {"name": name, "uid": f"sc-{name}"},
             "provisioner": "example.com/disk"}

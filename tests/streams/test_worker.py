@@ -110,19 +110,21 @@ def graded_transitions(pipeline) -> list[tuple]:
     )
 
 
-def test_graded_alerts_do_not_depend_on_batch_boundaries(make_pipeline):
-    runs = []
-    for label, batch_max_records in (("a", 50), ("b", 2)):
+def test_alerts_do_not_depend_on_batches_or_ticks(make_pipeline):
+    alerts = []
+    graded = []
+    for label, batch_max_records, tick_interval in (("a", 50, "1"), ("b", 2, "10")):
         pipeline = make_pipeline(label)
         pipeline.settings = pipeline.settings.replace(batch_max_records=batch_max_records)
         pipeline.start_worker()
-        replay_corpus(pipeline)
-        pipeline.wait_for_alerts()
-        runs.append(graded_transitions(pipeline))
+        pipeline.replay(str(CORPUS), "--cluster-per-file", "--hold", "1h", "--tick-interval", tick_interval)
+        alerts.append(sorted(alert_identity(alert) for alert in pipeline.wait_for_alerts()))
+        graded.append(graded_transitions(pipeline))
 
-    assert runs[0] == runs[1]
+    assert alerts[0] == alerts[1]
+    assert graded[0] == graded[1]
     # The HPA's Warning Events, which no rule matches, make one alert, which expires at the watermark.
-    warnings = [(kind, name) for kind, rule, cluster, name, *_ in runs[0]
+    warnings = [(kind, name) for kind, rule, cluster, name, *_ in graded[0]
                 if rule == "KubernetesWarning" and cluster == "29-hpa-missing-cpu-request"]
     assert warnings == [("FIRING", "nginx-hpa"), ("RESOLVED", "nginx-hpa")]
 
