@@ -1,6 +1,6 @@
 """Replay speed: simulated time per wall-clock second, from a history file to a caught-up worker.
 
-    python -m bench.replay_speed [--pods 10000] [--hours 24] [--tick-interval 1]
+    python -m bench.replay_speed [--pods 10000] [--hours 24] [--tick-interval 10]
 
 bench/loadgen.py writes --hours of a --pods cluster to a watch-event file. With a worker already
 running (starter pack) and owning every partition, the clock starts, `kdiag replay FILE` publishes the
@@ -9,8 +9,8 @@ file, and the clock stops when the worker has processed every record the replay 
 file's observed times. The file's generation is not timed.
 
 `kdiag replay` sends a tick to every partition whenever a cluster's clock moved --tick-interval
-seconds (default 1, the replay's own default). It flushes the cluster's buffered changes before
-each tick, so the records are many and small. The summary shows how many changes a ChangeBatch
+seconds (default 10, the replay's own default). It flushes the cluster's buffered changes before
+each tick, so the shorter the interval, the more and the smaller the records. The summary shows how many changes a ChangeBatch
 carried on average. It also shows, before and after the worker processed half the records (counted
 from the end of the replay), the worker's CPU time per record, the part of it in the garbage
 collector, and the changes per record. A CPU time per record that grows while the changes per record
@@ -199,7 +199,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--pods", type=int, default=10_000, help="pods of the synthetic cluster (default 10000)")
     parser.add_argument("--hours", type=float, default=24.0, help="hours of history (default 24)")
     parser.add_argument("--seed", type=int, default=1, help="load generator seed (default 1)")
-    parser.add_argument("--tick-interval", type=float, default=1.0, help="kdiag replay --tick-interval in seconds (default 1)")
+    parser.add_argument("--tick-interval", type=float, default=10.0, help="kdiag replay --tick-interval in seconds (default 10, as kdiag replay's)")
     parser.add_argument("--partitions", type=int, default=6, help="partitions of the changes topic (default 6)")
     parser.add_argument("--timeout", type=float, default=1800.0, help="give up after this many seconds (default 1800)")
     parser.add_argument("--bootstrap-servers", help="use this broker instead of starting one")

@@ -49,8 +49,8 @@ class Settings:
     # Event time between two watermarks that each changes partition sends to the alert center for a
     # cluster. The alert center expires quiet Warning alerts at the watermark, so on a quiet cluster a
     # Warning alert resolves up to this much later than it expired. Each watermark is one record per
-    # changes partition and cluster.
-    watermark_interval_seconds: float = 30.0
+    # changes partition and cluster, and each costs the alert center part of a transaction.
+    watermark_interval_seconds: float = 60.0
     schemas_dir: Path = PROJECT_ROOT / "schemas"
     # Records per worker batch. A batch's decoded changes and staged writes stay in memory until its
     # transaction commits, about 3 KB per change. With 1,000,000 tracked objects, bench.memory measured

@@ -117,7 +117,7 @@ class PartitionProcessor:
         cluster_nodes: Callable[[str], Iterable[dict[str, Any]]] | None = None,
         forward_warnings: bool = True,
         entry_storage: EntryStorage | None = None,
-        watermark_interval_ms: int = 30_000,
+        watermark_interval_ms: int = 60_000,
     ) -> None:
         """`partitions` is the changes topic's partition count. `lookup` reads one committed state key
         and `scan` returns the committed keys with a prefix. `cluster_objects` returns cluster-scoped

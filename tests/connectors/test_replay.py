@@ -87,7 +87,7 @@ def test_options_defaults():
         start_ms=parse_time_ms("2020-01-01T00:00:00Z"),
         step_ms=1000,
         hold_ms=0,
-        tick_interval_ms=1000,
+        tick_interval_ms=10_000,
     )
 
 
