@@ -46,6 +46,10 @@ class Settings:
     plugin_processes: int = 2
     # Send Warning Events that no rule matches to the alert center (rule KubernetesWarning).
     forward_warning_events: bool = True
+    # Warning Events whose last occurrence lies more than this long before the change that carries them (the
+    # Events of a watcher's first list, for example) are not forwarded, because the alert center would
+    # fire and expire them at once. Set it to at least the alert center's staleAfter.
+    forward_warning_max_age_seconds: float = 900.0
     # Event time between two watermarks that each changes partition sends to the alert center for a
     # cluster. The alert center expires quiet Warning alerts at the watermark, so on a quiet cluster a
     # Warning alert resolves up to this much later than it expired. Each watermark is one record per
@@ -142,6 +146,11 @@ def load_settings(environ: dict[str, str] | None = None, **overrides: object) ->
             values[field.name] = _convert(field.name, str(field.type), raw)
     values.update({key: value for key, value in overrides.items() if value is not None})
     settings = Settings(**values)
+    if settings.forward_warning_max_age_seconds <= 0:
+        raise ConfigError(
+            f"forward_warning_max_age_seconds must be positive, got {settings.forward_warning_max_age_seconds}; "
+            f"set KDIAG_FORWARD_WARNING_MAX_AGE_SECONDS to a number of seconds above 0"
+        )
     if settings.watermark_interval_seconds <= 0:
         raise ConfigError(
             f"watermark_interval_seconds must be positive, got {settings.watermark_interval_seconds}; "

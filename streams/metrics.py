@@ -8,6 +8,9 @@ RECORDS = Counter("kdiag_worker_records_total", "Changes-topic records processed
 CHANGES = Counter("kdiag_worker_changes_total", "Resource changes evaluated")
 TICKS = Counter("kdiag_worker_ticks_total", "Ticks applied")
 SKIPPED = Counter("kdiag_worker_records_skipped_total", "Records skipped because an earlier run committed them")
+STALE_WARNINGS = Counter(
+    "kdiag_worker_stale_warning_events_total", "Warning Events not forwarded because they were older than the maximum age"
+)
 ALERTS = Counter("kdiag_worker_alerts_total", "Alert transitions emitted", ["status"])
 OFFSETS_MISSING = Counter(
     "kdiag_worker_offsets_missing_total", "Changes-topic offsets skipped between two delivered records of a partition"

@@ -73,6 +73,8 @@ class BatchResult:
     changes: int = 0
     ticks: int = 0
     skipped: int = 0
+    # Warning Events not forwarded because they were older than the maximum age when they changed.
+    stale_warnings: int = 0
     # Offsets that were never delivered between two delivered records of the partition.
     offsets_missing: int = 0
 
@@ -118,14 +120,16 @@ class PartitionProcessor:
         forward_warnings: bool = True,
         entry_storage: EntryStorage | None = None,
         watermark_interval_ms: int = 60_000,
+        warning_max_age_ms: int = 900_000,
     ) -> None:
         """`partitions` is the changes topic's partition count. `lookup` reads one committed state key
         and `scan` returns the committed keys with a prefix. `cluster_objects` returns cluster-scoped
         objects that other partitions received; without it, rules that read them match only on the
         partition that receives them. `cluster_nodes` lists a cluster's Nodes that other partitions
         received, for the snapshots of unscheduled pods. With `forward_warnings`, Warning Events that
-        no rule matches go to the alert center as they are, followed by a watermark of their cluster
-        at most once per `watermark_interval_ms` of its event time. `entry_storage` keeps the tracker's
+        no rule matches go to the alert center as they are, unless their last occurrence lies more than
+        `warning_max_age_ms` before the change, followed by a watermark of their cluster at most once
+        per `watermark_interval_ms` of its event time. `entry_storage` keeps the tracker's
         entries, loaded already, so `entries` must then be empty. Without it the entries stay in
         memory."""
         self.topic = topic
@@ -145,6 +149,7 @@ class PartitionProcessor:
         self._cluster_nodes = cluster_nodes
         self.forward_warnings = forward_warnings
         self.watermark_interval_ms = watermark_interval_ms
+        self.warning_max_age_ms = warning_max_age_ms
         # Per cluster, the time of the last watermark sent. After a restart the next tick sends one.
         self._watermarks_sent: dict[str, int] = {}
         self.related = RelatedTable(lookup, scan, rule_set.kinds)
@@ -362,8 +367,13 @@ class PartitionProcessor:
         except DecodeError as error:
             log.warning("warning event not forwarded", extra={"object": ref.describe(), "cluster": ref.cluster, "reason": str(error)})
             return
-        if event is not None:
-            result.warning_events.append((event.rule.encode(), EVENT.encode(event.to_avro())))
+        if event is None:
+            return
+        if time_ms - event.observed_time_ms > self.warning_max_age_ms:
+            # Its condition ended before the change arrived, e.g. in a watcher's first list.
+            result.stale_warnings += 1
+            return
+        result.warning_events.append((event.rule.encode(), EVENT.encode(event.to_avro())))
 
     def _send_watermark(self, cluster: str, time_ms: int, result: BatchResult) -> None:
         """Tell the alert center that this partition forwarded the cluster's Warning Events up to the

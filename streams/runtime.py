@@ -151,6 +151,7 @@ class PartitionRuntime:
             forward_warnings=self.settings.forward_warning_events,
             entry_storage=StoredEntries(self.store),
             watermark_interval_ms=round(self.settings.watermark_interval_seconds * 1000),
+            warning_max_age_ms=round(self.settings.forward_warning_max_age_seconds * 1000),
         )
 
     def batch(self, records: Sequence[InputRecord], rule_set: RuleSet) -> tuple[PartitionBatch, list[BatchResult]]:
@@ -305,6 +306,7 @@ class WorkerRuntime:
         metrics.CHANGES.inc(result.changes)
         metrics.TICKS.inc(result.ticks)
         metrics.SKIPPED.inc(result.skipped)
+        metrics.STALE_WARNINGS.inc(result.stale_warnings)
         metrics.OFFSETS_MISSING.inc(result.offsets_missing)
         metrics.DEAD_LETTERS.inc(len(result.dead_letters))
         for event in result.alerts:

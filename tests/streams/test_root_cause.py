@@ -19,6 +19,7 @@ import pytest
 
 from connectors.readers import fill_identity
 from kdiag.codec import codec
+from kdiag.model import format_time_ms
 from kdiag.rootcause import GraphSet
 from kdiag.rules import RuleSet, load_rules
 from kdiag.rules.kinds import CLUSTER_SCOPED_KINDS
@@ -283,6 +284,19 @@ def test_unmatched_warning_goes_to_the_center(starter_pack: RuleSet) -> None:
     assert (event["kind"], event["name"]) == ("Pod", "web-0")
     assert event["labels"] == {"app": "web"}
     assert event["owners"][0]["name"] == "web-5d8f"
+
+
+def test_stale_warning_stays(starter_pack: RuleSet) -> None:
+    processor = PartitionProcessor("changes", 0, starter_pack, [], {}, 0, warning_max_age_ms=15 * 60_000)
+    result = BatchResult()
+    for offset, minutes_before in enumerate([16, 14]):
+        event = warning(f"web-0.{minutes_before}", "ContainerGCFailed", "something unusual")
+        event["lastTimestamp"] = format_time_ms(T0 - minutes_before * 60_000)
+        processor.process(offset, CHANGE_BATCH.encode({"changes": [change(event, T0)], "tick": None}), result)
+
+    observed = [EVENT.decode(value)["observedTime"] for _, value in result.warning_events]
+    assert observed == [T0 - 14 * 60_000]
+    assert result.stale_warnings == 1
 
 
 def test_matched_normal_or_disabled_warnings_stay(starter_pack: RuleSet) -> None:
