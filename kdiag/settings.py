@@ -47,8 +47,8 @@ class Settings:
     # Send Warning Events that no rule matches to the alert center (rule KubernetesWarning).
     forward_warning_events: bool = True
     # Warning Events whose last occurrence lies more than this long before the change that carries
-    # them (the Events of a watcher's first list, for example) are not forwarded, because the alert
-    # center would fire and expire them at once. Set it to at least the alert center's staleAfter.
+    # them (the Events of a watcher's first list, for example) are not forwarded, because they have
+    # gone quiet. Keep it equal to the alert center's staleAfter.
     forward_warning_max_age_seconds: float = 900.0
     # Event time between two watermarks that each changes partition sends to the alert center for a
     # cluster. The alert center expires quiet Warning alerts at the watermark, so on a quiet cluster a

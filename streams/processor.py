@@ -12,7 +12,7 @@ import heapq
 import logging
 import time
 from collections.abc import Callable, Iterable
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any
 
 import orjson
@@ -373,6 +373,9 @@ class PartitionProcessor:
             # Its condition ended before the change arrived, e.g. in a watcher's first list.
             result.stale_warnings += 1
             return
+        # The change's time, because the Event's lastTimestamp can lie before a watermark this partition
+        # already sent. So every Warning event reaches the alert center before the watermark that covers it.
+        event = replace(event, observed_time_ms=time_ms)
         result.warning_events.append((event.rule.encode(), EVENT.encode(event.to_avro())))
 
     def _send_watermark(self, cluster: str, time_ms: int, result: BatchResult) -> None:
