@@ -99,7 +99,7 @@ def test_watermarks_survive_a_restart(tmp_path: Path):
         restored = load_processor(store, SETTINGS, 0, processor.center)
         assert restored.watermarks["east"].times == {0: T0 + 10 * MINUTE_MS, 1: T0 + 5 * MINUTE_MS}
         assert restored.next_offsets == {SETTINGS.events_topic: 3}
-        # Partition 0's watermark from before the restart still holds the cluster's back.
+        # Partition 0's watermark from before the restart keeps the cluster's watermark at minute 10.
         assert graded(feed(restored, [watermark("east", 30, 1)], 3)) == []
         assert graded(feed(restored, [watermark("east", 30, 0)], 4)) == [("RESOLVED", "east")]
     finally:
