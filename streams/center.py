@@ -121,12 +121,12 @@ class CenterProcessor:
             )
 
     def _apply_watermark(self, watermark: dict[str, Any], result: CenterResult) -> None:
-        """Record a changes partition's watermark; expire the cluster's alerts if its watermark moved."""
+        """Record a changes partition's watermark, and expire the cluster's alerts if its watermark moved."""
         cluster, source, partitions = watermark["cluster"], watermark["partition"], watermark["partitions"]
         if not 0 <= source < partitions:
             raise DecodeError(
                 f"Watermark field partition: expected a partition of {watermark['topic']} below its "
-                f"partition count {partitions}, got {source}; the sender wrote an invalid watermark"
+                f"partition count {partitions}, got {source}; fix the producer that wrote this record"
             )
         marks = self.watermarks.get(cluster)
         if marks is None:
