@@ -142,6 +142,11 @@ class CenterProcessor:
         if after is not None and (before is None or after > before):
             result.graded.extend(self.center.advance(self.state, now_ms=after, cluster=cluster))
 
+    def cluster_watermarks(self) -> dict[str, int]:
+        """Return the watermark of each cluster whose every changes partition has sent one."""
+        current = {cluster: marks.current() for cluster, marks in self.watermarks.items()}
+        return {cluster: time_ms for cluster, time_ms in current.items() if time_ms is not None}
+
     def take_state_writes(self) -> list[tuple[bytes, bytes | None]]:
         writes = [(STATE_PREFIX + key.encode(), value) for key, value in self.state.take_changes().items()]
         for topic in sorted(self._offsets_changed):
@@ -269,6 +274,12 @@ class CenterRuntime:
                 runtime = self.partitions[partition] = CenterPartition(self.settings, partition, self.center)
             batches.append(runtime.batch(partition_records))
         commit_partitions([batch for batch, _ in batches], self._committer)
+        for partition in sorted(by_partition):
+            runtime = self.partitions.get(partition)
+            if runtime is not None:
+                # A stuck watermark keeps quiet Warning alerts firing, so it is worth an alert of its own.
+                for cluster, time_ms in runtime.processor.cluster_watermarks().items():
+                    metrics.CENTER_WATERMARK.labels(cluster).set(time_ms / 1000)
         for _, results in batches:
             for graded in results[-1].graded:
                 metrics.MTTX.observe(graded.to_avro())

@@ -35,6 +35,11 @@ STAGE_BATCH_SECONDS = Histogram(
     ["stage"],
     buckets=(0.001, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5),
 )
+CENTER_WATERMARK = Gauge(
+    "kdiag_center_watermark_seconds",
+    "Event time up to which the alert center has every Warning event of a cluster, as Unix time",
+    ["cluster"],
+)
 DIAGNOSES = Counter("kdiag_worker_diagnoses_total", "Diagnoses-topic records the root-cause stage processed")
 ROOT_CAUSES = Counter("kdiag_worker_root_causes_total", "Root causes found, by responsibility", ["responsibility"])
 # MTTD, MTTA and MTTR of the graded alerts this worker committed, by rule and level.

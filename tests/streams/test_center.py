@@ -70,6 +70,12 @@ def test_expiry_waits_for_every_partition():
     assert result.graded[0].resolved_at_ms == T0 + 15 * MINUTE_MS
 
 
+def test_cluster_watermarks_once_complete():
+    processor = new_processor()
+    feed(processor, [watermark("east", 5, 0), watermark("west", 7, 0), watermark("west", 3, 1)])
+    assert processor.cluster_watermarks() == {"west": T0 + 3 * MINUTE_MS}
+
+
 def test_watermark_of_one_cluster_leaves_the_others():
     processor = new_processor()
     feed(processor, [warning("east", 0), warning("west", 0)])

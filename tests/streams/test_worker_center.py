@@ -18,6 +18,7 @@ from kdiag.codec import codec
 pytestmark = pytest.mark.integration
 
 EVENT = codec("Event")
+WATERMARK = codec("Watermark")
 T0 = 1_700_000_000_000
 RULE = "PodCrashLoopBackOff"
 
@@ -172,6 +173,12 @@ def test_flapping_reasons_stay_one_alert(pipeline):
     pipeline.settings = pipeline.settings.replace(metrics_port=metrics_port)
     pipeline.start_worker()
     produce(pipeline, values, rule="PodImagePullError")
+    watermarks = [
+        WATERMARK.encode({"cluster": "c1", "time": T0 + 900_000, "topic": pipeline.settings.changes_topic,
+                          "partition": partition, "partitions": pipeline.settings.partitions})
+        for partition in range(pipeline.settings.partitions)
+    ]
+    produce(pipeline, watermarks, rule="KubernetesWarning")
     pipeline.wait_for_alerts()
 
     records = pipeline.graded_alerts()
@@ -185,5 +192,9 @@ def test_flapping_reasons_stay_one_alert(pipeline):
         exposition = response.read().decode()
     assert 'kdiag_alertcenter_mttr_seconds_sum{level="P3",rule="PodImagePullError"} 600.0' in exposition
     assert 'kdiag_worker_stage_batch_seconds_count{stage="alert-center"}' in exposition
+    # Each cluster's watermark, once every changes partition has sent one.
+    gauge = 'kdiag_center_watermark_seconds{cluster="c1"}'
+    (watermark_line,) = [line for line in exposition.splitlines() if line.startswith(gauge)]
+    assert float(watermark_line.split()[-1]) == (T0 + 900_000) / 1000
     # The worker times the garbage collector's pauses.
     assert 'kdiag_gc_pause_seconds_count{generation="0"}' in exposition
