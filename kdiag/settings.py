@@ -52,7 +52,7 @@ class Settings:
     forward_warning_max_age_seconds: float = 900.0
     # Event time between two watermarks that each changes partition sends to the alert center for a
     # cluster. The alert center expires quiet Warning alerts at the watermark, so on a quiet cluster a
-    # Warning alert resolves up to this much later than it expired. Each watermark is one record per
+    # Warning alert resolves up to this much, plus one tick interval, later than it expired. Each watermark is one record per
     # changes partition and cluster, and each costs the alert center part of a transaction.
     watermark_interval_seconds: float = 60.0
     schemas_dir: Path = PROJECT_ROOT / "schemas"

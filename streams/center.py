@@ -47,6 +47,8 @@ class CenterResult:
     graded: list[Any] = field(default_factory=list)
     dead_letters: list[dict[str, Any]] = field(default_factory=list)
     records: int = 0
+    # The clusters whose watermark moved, with its new time.
+    watermarks: dict[str, int] = field(default_factory=dict)
 
 
 @dataclass(frozen=True, slots=True)
@@ -140,6 +142,7 @@ class CenterProcessor:
             self._watermarks_changed.add((cluster, source))
         after = marks.current()
         if after is not None and (before is None or after > before):
+            result.watermarks[cluster] = after
             result.graded.extend(self.center.advance(self.state, now_ms=after, cluster=cluster))
 
     def cluster_watermarks(self) -> dict[str, int]:
@@ -197,6 +200,7 @@ class CenterPartition:
             extra={"topic": settings.events_topic, "partition": partition, "restored_records": applied,
                    "alerts": len(self.processor.state.alerts)},
         )
+        export_watermarks(self.processor.cluster_watermarks())
 
     def batch(self, records: Sequence[CenterRecord]) -> tuple[PartitionBatch, list[CenterResult]]:
         """Return the batch that grades records of this partition, for commit_partitions or commit_batch,
@@ -232,6 +236,12 @@ class CenterPartition:
     def close(self) -> None:
         self.transactions.close()
         self.store.close()
+
+
+def export_watermarks(watermarks: dict[str, int]) -> None:
+    """Set the watermark gauge of each cluster. A stuck watermark keeps quiet Warning alerts firing."""
+    for cluster, time_ms in watermarks.items():
+        metrics.CENTER_WATERMARK.labels(cluster).set(time_ms / 1000)
 
 
 class CenterRuntime:
@@ -274,13 +284,8 @@ class CenterRuntime:
                 runtime = self.partitions[partition] = CenterPartition(self.settings, partition, self.center)
             batches.append(runtime.batch(partition_records))
         commit_partitions([batch for batch, _ in batches], self._committer)
-        for partition in sorted(by_partition):
-            runtime = self.partitions.get(partition)
-            if runtime is not None:
-                # A stuck watermark keeps quiet Warning alerts firing, so it is worth an alert of its own.
-                for cluster, time_ms in runtime.processor.cluster_watermarks().items():
-                    metrics.CENTER_WATERMARK.labels(cluster).set(time_ms / 1000)
         for _, results in batches:
+            export_watermarks(results[-1].watermarks)
             for graded in results[-1].graded:
                 metrics.MTTX.observe(graded.to_avro())
                 log.info("graded alert", extra={"type": graded.type, "rule": graded.entry.rule,

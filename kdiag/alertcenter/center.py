@@ -211,7 +211,7 @@ class AlertCenter:
         return outputs
 
     def _expire(self, entry: AlertEntry, now_ms: int, state: AlertCenterState) -> list[GradedAlert]:
-        """Remove the alert's sources that expired by `now_ms`; resolve the alert if none is left."""
+        """Remove the alert's sources that expired by `now_ms`, and resolve the alert when none is left."""
         expired = [
             member.expires_at_ms
             for member in entry.members.values()

@@ -66,6 +66,7 @@ def test_expiry_waits_for_every_partition():
     assert graded(feed(processor, [watermark("east", 14, 1)], 2)) == []
     result = feed(processor, [watermark("east", 16, 1)], 3)
 
+    assert result.watermarks == {"east": T0 + 16 * MINUTE_MS}
     assert graded(result) == [("RESOLVED", "east")]
     assert result.graded[0].resolved_at_ms == T0 + 15 * MINUTE_MS
 

@@ -110,7 +110,7 @@ def graded_transitions(pipeline) -> list[tuple]:
     )
 
 
-def test_alerts_do_not_depend_on_batches_or_ticks(make_pipeline):
+def test_alerts_same_across_batches_and_ticks(make_pipeline):
     alerts = []
     graded = []
     for label, batch_max_records, tick_interval in (("a", 50, "1"), ("b", 2, "10")):

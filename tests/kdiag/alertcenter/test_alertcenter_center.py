@@ -501,7 +501,7 @@ def pod_warning(pod: str, minute: int, cluster: str = "c1"):
     )
 
 
-def test_expiry_does_not_depend_on_when_advance_runs():
+def test_expiry_independent_of_advance_calls():
     # Each pod is quiet once for longer than staleAfter (web-1 from minute 5 to 21, api-1 from 3 to
     # 30), so each makes two alerts.
     events = [
