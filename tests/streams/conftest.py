@@ -73,11 +73,14 @@ class Pipeline:
         assert result.returncode == 0, result.stderr
         return result
 
-    def start_worker(self) -> subprocess.Popen:
+    def start_worker(self, state_dir: Path | None = None) -> subprocess.Popen:
+        """Start a worker of this installation's consumer group. Workers that run at the same time need
+        a state folder each, as on separate machines."""
+        settings = self.settings if state_dir is None else self.settings.replace(state_dir=state_dir)
         log_file = open(self.log_dir / f"worker-{len(self.workers)}.log", "w")
         process = subprocess.Popen(
             [*KDIAG, "worker"],
-            env=settings_env(self.settings),
+            env=settings_env(settings),
             stdout=log_file,
             stderr=subprocess.STDOUT,
             cwd=REPO_ROOT,

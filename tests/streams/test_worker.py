@@ -210,20 +210,54 @@ def test_kill_during_replay_loses_and_repeats_nothing(make_pipeline, lose_local_
         shutil.rmtree(interrupted.settings.state_dir)
 
     interrupted.start_worker()
-    actual = interrupted.wait_for_alerts()
+    assert_same_alerts(interrupted, reference, expected)
+
+
+def test_workers_share_and_hand_over_partitions(make_pipeline, tmp_path: Path):
+    copies = [f"copy{i:02d}" for i in range(30)]
+
+    reference = make_pipeline("ref")
+    for cluster in copies:
+        reference.replay(str(HISTORY), "--cluster", cluster, "--hold", "1h")
+    reference.start_worker()
+    expected = reference.wait_for_alerts()
+
+    # A second worker joins the group a third of the way in, and the first stops two thirds of the way
+    # in, so partitions move between live workers twice while the input is still being written.
+    scaled = make_pipeline("scale")
+    first = scaled.start_worker()
+    second_log = scaled.log_dir / "worker-1.log"
+    for number, cluster in enumerate(copies):
+        scaled.replay(str(HISTORY), "--cluster", cluster, "--hold", "1h")
+        if number == len(copies) // 3:
+            scaled.start_worker(state_dir=tmp_path / "second-worker-state")
+            deadline = time.monotonic() + 120
+            while "partition started" not in second_log.read_text():
+                assert time.monotonic() < deadline, f"the second worker took no partition:\n{scaled.worker_log()[-3000:]}"
+                time.sleep(0.2)
+        if number == 2 * len(copies) // 3:
+            scaled.stop_worker(first)
+    assert first.returncode == 0, scaled.worker_log()[-3000:]
+    assert "partition stopped" in (scaled.log_dir / "worker-0.log").read_text()
+    assert_same_alerts(scaled, reference, expected)
+
+
+def assert_same_alerts(pipeline, reference, expected: list[dict]) -> None:
+    """Check that a pipeline emitted the reference's alerts and graded transitions, none twice."""
+    actual = pipeline.wait_for_alerts()
     actual_identities = [alert_identity(alert) for alert in actual]
     assert len(actual_identities) == len(set(actual_identities)), "an alert was emitted twice"
     expected_identities = [alert_identity(alert) for alert in expected]
     missing = set(expected_identities) - set(actual_identities)
     extra = set(actual_identities) - set(expected_identities)
-    assert (missing, extra) == (set(), set()), interrupted.worker_log()[-3000:]
+    assert (missing, extra) == (set(), set()), pipeline.worker_log()[-3000:]
     assert len(actual_identities) == len(expected_identities)
 
     # The alert center graded the same alerts, none twice. Escalation depends on the order in which
     # the rule stage's partitions deliver, so levels are not compared.
-    graded = [orjson.dumps(record, option=orjson.OPT_SORT_KEYS) for record in interrupted.graded_alerts()]
+    graded = [orjson.dumps(record, option=orjson.OPT_SORT_KEYS) for record in pipeline.graded_alerts()]
     assert len(graded) == len(set(graded)), "a graded alert was emitted twice"
-    transitions = {(r["type"], r["id"], r["time"]) for r in interrupted.graded_alerts() if r["type"] in ("FIRING", "RESOLVED")}
+    transitions = {(r["type"], r["id"], r["time"]) for r in pipeline.graded_alerts() if r["type"] in ("FIRING", "RESOLVED")}
     expected_transitions = {
         (r["type"], r["id"], r["time"]) for r in reference.graded_alerts() if r["type"] in ("FIRING", "RESOLVED")
     }
