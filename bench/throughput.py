@@ -1,6 +1,6 @@
 """Worker throughput: changes per second of one `kdiag worker` process, the bare loop and quix-streams.
 
-    python -m bench.throughput [--changes 200000] [--pods 10000] [--partitions 6] [--no-quix] [--profile]
+    python -m bench.throughput [--changes 200000] [--pods 10000] [--partitions 6] [--no-quix] [--workers N] [--profile]
 
 The changes topic is filled first with --changes changes of a synthetic cluster (bench/loadgen.py).
 They are retimed as a live stream of --live-rate changes per second, with a tick every second of
@@ -11,6 +11,7 @@ another and each with a fresh consumer group, these read the whole topic from th
 - bare loop: bench/bare_loop.py, the worker's per-change work without Faust and transactions;
 - worker: `kdiag worker` with the starter pack, then with 100 rules (the pack plus generated variants);
 - quix: bench/quix_peer/peer.py on quix-streams with the same rules, in bench/.venv-quix.
+- with --workers N: N `kdiag worker` processes in one consumer group with 100 rules, together.
 
 Rates exclude startup. The worker's rate comes from its Prometheus counter kdiag_worker_changes_total,
 sampled every 0.25 s, from the first sample above zero to the first that reaches the total: the counter
@@ -444,6 +445,72 @@ def run_worker(
     )
 
 
+def run_workers(prefill_: Prefill, rules: list[Path], name: str, count: int, worker_env: dict[str, str] | None = None) -> RunResult:
+    """Run `count` worker processes in one consumer group, each with a state folder of its own, and
+    measure their changes per second together.
+
+    They start together, but a group's first assignment can come before every worker has joined, so
+    the clock starts only when each worker owns a partition and they own every partition between them.
+    The changes processed before that are left out of the rate.
+    """
+    base = prefill_.topics.settings
+    app_id = f"{base.changes_topic}-workers-{time.monotonic_ns()}"
+    progress(f"running {name}")
+    workers: list[WorkerProcess] = []
+    samplers: list[RssSampler] = []
+    samples: list[tuple[float, float]] = []
+    first: tuple[float, float, list[ProcessTimes]] | None = None
+    try:
+        for index in range(count):
+            settings = base.replace(app_id=app_id, state_dir=prefill_.topics.work_dir / f"{app_id}-{index}")
+            worker = WorkerProcess(BenchTopics(settings, prefill_.topics.work_dir), rules=rules, label=f"{app_id}-{index}", extra_env=worker_env)
+            workers.append(worker)
+            samplers.append(RssSampler(worker.pid).start())
+        deadline = time.monotonic() + _run_timeout(prefill_) + 120
+        while True:
+            for worker in workers:
+                worker.check_running()
+            if time.monotonic() > deadline:
+                raise BenchError(f"{name} did not finish within the time allowed:\n{workers[0].log_tail()}")
+            scraped = [worker.metrics((*PROGRESS_METRICS, "kdiag_worker_partitions")) for worker in workers]
+            now = time.monotonic()
+            if all(metrics is not None for metrics in scraped):
+                changes = sum(metrics.get("kdiag_worker_changes_total", 0.0) for metrics in scraped)
+                records = sum(metric_sum(metrics, "kdiag_worker_records_total") for metrics in scraped)
+                owned = [metrics.get("kdiag_worker_partitions", 0.0) for metrics in scraped]
+                if first is None and min(owned) > 0 and sum(owned) >= base.partitions:
+                    first = (now, changes, [process_times(worker.pid) or ProcessTimes(0.0, 0.0, 0) for worker in workers])
+                if first is not None:
+                    samples.append((now, changes))
+                if changes >= prefill_.changes and records >= prefill_.records:
+                    end_times = [process_times(worker.pid) or ProcessTimes(0.0, 0.0, 0) for worker in workers]
+                    alerts = sum(int(metric_sum(worker.metrics() or {}, "kdiag_worker_alerts_total")) for worker in workers)
+                    break
+            time.sleep(METRICS_POLL_SECONDS)
+    finally:
+        for sampler in samplers:
+            sampler.stop()
+        for worker in workers:
+            worker.stop()
+    if first is None or len(samples) < 2:
+        raise BenchError(f"{name}: the workers finished before each of them owned a partition; use more --changes")
+    end_time, end_changes = samples[-1]
+    seconds = end_time - first[0]
+    counted = end_changes - first[1]
+    return RunResult(
+        name,
+        int(counted),
+        seconds,
+        counted / seconds if seconds else 0.0,
+        cpu_seconds=sum(end.cpu_seconds - start.cpu_seconds for end, start in zip(end_times, first[2])),
+        peak_rss_mib=max(sampler.peak_kib for sampler in samplers) / 1024,
+        alerts=alerts,
+        system_seconds=sum(end.system_seconds - start.system_seconds for end, start in zip(end_times, first[2])),
+        minor_faults=sum(end.minor_faults - start.minor_faults for end, start in zip(end_times, first[2])),
+        extra={"workers": count, "changes_before_clock": int(first[1]), "app_id": app_id},
+    )
+
+
 def _batching(start: dict[str, float], end: dict[str, float], seconds: float) -> dict[str, float]:
     """Return the worker's records per batch and per transaction, and its share of time inside batches.
 
@@ -657,6 +724,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--live-rate", type=int, default=25_000, help="changes per second of the retimed stream (default 25000)")
     parser.add_argument("--seed", type=int, default=1, help="load generator seed (default 1)")
     parser.add_argument("--no-quix", action="store_true", help="skip the quix-streams peer")
+    parser.add_argument(
+        "--workers", type=int, default=1, help="also run this many worker processes in one group with 100 rules (default 1: no such run)"
+    )
     parser.add_argument("--profile", action="store_true", help="also run the worker and the bare loop under py-spy and list their top functions")
     parser.add_argument(
         "--worker-env", type=env_pair, action="append", default=[], help="set NAME=VALUE in the worker's environment (repeatable)"
@@ -688,6 +758,10 @@ def _measure(args: argparse.Namespace, filled: Prefill) -> dict[str, Any]:
     worker_env = dict(args.worker_env)
     results["worker_pack"] = run_worker(filled, pack, f"worker, {pack_count} rules", worker_env=worker_env)
     results["worker_100"] = run_worker(filled, hundred, f"worker, {RULE_COUNT} rules", worker_env=worker_env)
+    if args.workers > 1:
+        results[f"workers_{args.workers}_100"] = run_workers(
+            filled, hundred, f"{args.workers} workers in one group, {RULE_COUNT} rules", args.workers, worker_env=worker_env
+        )
     if not args.no_quix:
         results["quix_pack"] = run_quix(filled, pack, f"quix-streams peer, {pack_count} rules")
         results["quix_100"] = run_quix(filled, hundred, f"quix-streams peer, {RULE_COUNT} rules")
