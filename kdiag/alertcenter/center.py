@@ -284,18 +284,10 @@ class AlertCenter:
         rule = state.rules.get(entry.rule) or RuleEntry(entry.rule)
         outputs = [self._graded(RESOLVED, now, entry, state, resolved_at=resolved_at, resolve_reason=reason)]
         state.delete_alert(entry.fingerprint)
-        if entry.fingerprint in rule.firing:
-            rule.firing.remove(entry.fingerprint)
+        rule.leave(entry.fingerprint)
         if not rule.firing:
             applications, tenants = len(rule.applications), len(rule.tenants)
-            for key, first_ms in rule.applications.items():
-                rule.history[key] = [first_ms, now]
-            rule.episode_start_ms = None
-            rule.applications = {}
-            rule.tenants = {}
-            rule.raise_levels = 0
-            rule.fixed_level = None
-            rule.escalation_reason = ""
+            rule.end_episode(now)
             self._prune_history(rule, now)
             if entry.level != entry.base_level:
                 previous_level = entry.level
@@ -324,15 +316,15 @@ class AlertCenter:
         if rule.episode_start_ms is None:
             rule.episode_start_ms = now
             self._prune_history(rule, now)
-        rule.firing.append(entry.fingerprint)
+        rule.join(entry.fingerprint)
 
         affected_more = False
         key = application_key(entry.tenant, entry.namespace, entry.application)
         if key is not None and key not in rule.applications:
-            rule.applications[key] = now
+            rule.add_application(key, now)
             affected_more = True
         if entry.tenant and entry.tenant not in rule.tenants:
-            rule.tenants[entry.tenant] = now
+            rule.add_tenant(entry.tenant, now)
             affected_more = True
         escalated = affected_more and self._escalate(rule, now)
 
@@ -403,8 +395,7 @@ class AlertCenter:
         return True
 
     def _prune_history(self, rule: RuleEntry, now: int) -> None:
-        horizon = now - self._config.escalation_history_ms
-        rule.history = {key: span for key, span in rule.history.items() if span[1] >= horizon}
+        rule.prune_history(now - self._config.escalation_history_ms)
 
     # Output
 

@@ -1,9 +1,12 @@
 """State of the alert center: one entry per active alert and one per rule, as a plain mapping.
 
-Keys are "alert/<fingerprint>" and "rule/<rule>". Values serialise to JSON bytes with a version
-field, one key at a time, so a stream agent can write exactly the keys that changed to its local
-store and changelog, and restore them in any order. `dirty` collects the keys changed since the
-caller last took them; a key whose entry is gone is to be deleted.
+Keys are "alert/<fingerprint>" for an alert, "rule/<rule>" for a rule's episode and escalation, and
+"rule-item/<rule>\x1f<field>\x1f<name>" for each member of a rule's firing alerts, applications,
+tenants and history. A rule of many firing alerts, such as KubernetesWarning in a large cluster,
+then writes only the members that changed, not all of them. Values serialise to JSON bytes, one key
+at a time, so a stream agent can write exactly the keys that changed to its local store and
+changelog, and restore them in any order. `take_changes` returns the keys changed since the caller
+last took them; a key whose entry is gone is to be deleted.
 """
 
 from __future__ import annotations
@@ -18,8 +21,14 @@ from kdiag import json_bytes
 from kdiag.errors import DecodeError
 
 STATE_VERSION = 1
+# Version 1 of a rule key held its firing alerts, applications, tenants and history too.
+RULE_STATE_VERSION = 2
 ALERT_PREFIX = "alert/"
 RULE_PREFIX = "rule/"
+RULE_ITEM_PREFIX = "rule-item/"
+ITEM_SEPARATOR = "\x1f"
+# The members of a rule that are stored as keys of their own.
+RULE_ITEM_FIELDS = ("firing", "applications", "tenants", "history")
 MAX_REASONS = 10
 
 
@@ -111,7 +120,8 @@ class RuleEntry:
 
     rule: str
     episode_start_ms: int | None = None
-    firing: list[str] = field(default_factory=list)
+    # Fingerprints of the episode's firing alerts, in the order they joined, with their join number.
+    firing: dict[str, int] = field(default_factory=dict)
     applications: dict[str, int] = field(default_factory=dict)
     tenants: dict[str, int] = field(default_factory=dict)
     raise_levels: int = 0
@@ -119,6 +129,10 @@ class RuleEntry:
     escalation_reason: str = ""
     # Applications of ended episodes: application key -> [first affected, last affected] in ms.
     history: dict[str, list[int]] = field(default_factory=dict)
+    # The join number of the episode's next firing alert.
+    joins: int = 0
+    # (field, name) of the members changed since AlertCenterState.put_rule last took them.
+    changed: set[tuple[str, str]] = field(default_factory=set, compare=False, repr=False)
 
     @property
     def key(self) -> str:
@@ -131,9 +145,65 @@ class RuleEntry:
     def is_empty(self) -> bool:
         return self.episode_start_ms is None and not self.history
 
+    def join(self, fingerprint: str) -> None:
+        self.firing[fingerprint] = self.joins
+        self.joins += 1
+        self.changed.add(("firing", fingerprint))
+
+    def leave(self, fingerprint: str) -> None:
+        if self.firing.pop(fingerprint, None) is not None:
+            self.changed.add(("firing", fingerprint))
+
+    def add_application(self, key: str, time_ms: int) -> None:
+        self.applications[key] = time_ms
+        self.changed.add(("applications", key))
+
+    def add_tenant(self, tenant: str, time_ms: int) -> None:
+        self.tenants[tenant] = time_ms
+        self.changed.add(("tenants", tenant))
+
+    def end_episode(self, time_ms: int) -> None:
+        """Move the episode's applications to the history and clear the episode and its escalation."""
+        for key, first_ms in self.applications.items():
+            self.history[key] = [first_ms, time_ms]
+            self.changed.add(("history", key))
+            self.changed.add(("applications", key))
+        self.changed.update(("tenants", tenant) for tenant in self.tenants)
+        self.changed.update(("firing", fingerprint) for fingerprint in self.firing)
+        self.episode_start_ms = None
+        self.firing = {}
+        self.applications = {}
+        self.tenants = {}
+        self.joins = 0
+        self.raise_levels = 0
+        self.fixed_level = None
+        self.escalation_reason = ""
+
+    def prune_history(self, horizon_ms: int) -> None:
+        """Forget the applications of ended episodes last affected before `horizon_ms`."""
+        for key in [key for key, span in self.history.items() if span[1] < horizon_ms]:
+            del self.history[key]
+            self.changed.add(("history", key))
+
+    def item_value(self, field_name: str, name: str) -> Any:
+        """Return the stored value of one member, or None when the rule no longer has it."""
+        return getattr(self, field_name).get(name)
+
+    def item_keys(self) -> Iterator[str]:
+        for field_name in RULE_ITEM_FIELDS:
+            for name in getattr(self, field_name):
+                yield rule_item_key(self.rule, field_name, name)
+
+
+def rule_item_key(rule: str, field_name: str, name: str) -> str:
+    return f"{RULE_ITEM_PREFIX}{rule}{ITEM_SEPARATOR}{field_name}{ITEM_SEPARATOR}{name}"
+
 
 _ALERT_FIELDS = tuple(entry_field.name for entry_field in fields(AlertEntry))
-_RULE_FIELDS = tuple(entry_field.name for entry_field in fields(RuleEntry))
+# Fields of the rule key itself: all but the members stored as keys of their own.
+_RULE_FIELDS = tuple(
+    entry_field.name for entry_field in fields(RuleEntry) if entry_field.name not in (*RULE_ITEM_FIELDS, "changed")
+)
 
 
 def _state_values(entry: AlertEntry | RuleEntry) -> dict[str, Any]:
@@ -148,9 +218,10 @@ def _state_values(entry: AlertEntry | RuleEntry) -> dict[str, Any]:
             name: {"last_seen_ms": member.last_seen_ms, "expires_at_ms": member.expires_at_ms}
             for name, member in entry.members.items()
         }
+        values["v"] = STATE_VERSION
     else:
         values = {name: getattr(entry, name) for name in _RULE_FIELDS}
-    values["v"] = STATE_VERSION
+        values["v"] = RULE_STATE_VERSION
     return values
 
 
@@ -161,6 +232,8 @@ class AlertCenterState:
         self.alerts: dict[str, AlertEntry] = {}
         self.rules: dict[str, RuleEntry] = {}
         self.dirty: set[str] = set()
+        # Rule members changed since the last take_changes, as rule_item_key arguments.
+        self._dirty_items: set[tuple[str, str, str]] = set()
         # Per cluster, the time before which no member of its alerts expires (math.inf: none expires).
         # A cluster without a value is not known, so AlertCenter.advance checks its alerts and sets it.
         self.next_expiry_ms: dict[str, float] = {}
@@ -186,11 +259,15 @@ class AlertCenterState:
         else:
             self.rules[entry.rule] = entry
         self.dirty.add(entry.key)
+        self._dirty_items.update((entry.rule, field_name, name) for field_name, name in entry.changed)
+        entry.changed.clear()
 
     def take_changes(self) -> dict[str, bytes | None]:
         """Return the changed keys with their new bytes (None: delete the key), and clear `dirty`."""
-        changes = {key: self.to_bytes(key) for key in sorted(self.dirty)}
+        changed = self.dirty | {rule_item_key(*item) for item in self._dirty_items}
+        changes = {key: self.to_bytes(key) for key in sorted(changed)}
         self.dirty.clear()
+        self._dirty_items.clear()
         return changes
 
     # Serialisation
@@ -198,8 +275,9 @@ class AlertCenterState:
     def keys(self) -> Iterator[str]:
         for fingerprint in self.alerts:
             yield ALERT_PREFIX + fingerprint
-        for rule in self.rules:
+        for rule, entry in self.rules.items():
             yield RULE_PREFIX + rule
+            yield from entry.item_keys()
 
     def to_bytes(self, key: str) -> bytes | None:
         """Return the value of one key as bytes, or None when the key has no entry."""
@@ -207,20 +285,26 @@ class AlertCenterState:
             entry: Any = self.alerts.get(key[len(ALERT_PREFIX):])
         elif key.startswith(RULE_PREFIX):
             entry = self.rules.get(key[len(RULE_PREFIX):])
+        elif key.startswith(RULE_ITEM_PREFIX):
+            rule, field_name, name = _split_item_key(key)
+            rule_entry = self.rules.get(rule)
+            value = rule_entry.item_value(field_name, name) if rule_entry is not None else None
+            return json_bytes.dumps(value) if value is not None else None
         else:
-            raise KeyError(f"invalid alert center state key {key!r}: expected alert/<fingerprint> or rule/<rule>")
+            raise KeyError(f"invalid alert center state key {key!r}: {_EXPECTED_KEYS}")
         if entry is None:
             return None
         return json_bytes.dumps(_state_values(entry), option=orjson.OPT_SORT_KEYS)
 
     def from_bytes(self, key: str, data: bytes | None) -> None:
-        """Restore one key from bytes written by to_bytes; None deletes the key. Leaves `dirty` alone."""
+        """Restore one key from bytes written by to_bytes; None deletes the key. Leaves `dirty` alone,
+        except for a rule key of version 1, whose keys it marks changed (see _upgrade_rule)."""
         if key.startswith(ALERT_PREFIX):
             fingerprint = key[len(ALERT_PREFIX):]
             if data is None:
                 self.alerts.pop(fingerprint, None)
                 return
-            values = _load(key, data)
+            values, _ = _load(key, data, (STATE_VERSION,))
             values["members"] = {name: Member(**member) for name, member in values["members"].items()}
             entry = self.alerts[fingerprint] = AlertEntry(**values)
             self.next_expiry_ms.pop(entry.cluster, None)
@@ -229,9 +313,32 @@ class AlertCenterState:
             if data is None:
                 self.rules.pop(rule, None)
                 return
-            self.rules[rule] = RuleEntry(**_load(key, data))
+            values, version = _load(key, data, (RULE_STATE_VERSION, 1))
+            entry = self.rules.setdefault(rule, RuleEntry(rule))
+            if version == 1:
+                self._upgrade_rule(entry, values)
+            for name, value in values.items():
+                setattr(entry, name, value)
+        elif key.startswith(RULE_ITEM_PREFIX):
+            rule, field_name, name = _split_item_key(key)
+            members = getattr(self.rules.setdefault(rule, RuleEntry(rule)), field_name)
+            if data is None:
+                members.pop(name, None)
+            else:
+                members[name] = _load_item(key, data)
         else:
-            raise KeyError(f"invalid alert center state key {key!r}: expected alert/<fingerprint> or rule/<rule>")
+            raise KeyError(f"invalid alert center state key {key!r}: {_EXPECTED_KEYS}")
+
+    def _upgrade_rule(self, entry: RuleEntry, values: dict[str, Any]) -> None:
+        """Take the members out of a version 1 rule value and mark the rule's keys changed, so that
+        the next take_changes writes them as keys of their own."""
+        firing = values.pop("firing")
+        entry.firing = {fingerprint: number for number, fingerprint in enumerate(firing)}
+        entry.joins = len(firing)
+        for field_name in RULE_ITEM_FIELDS[1:]:
+            setattr(entry, field_name, values.pop(field_name))
+        self.dirty.add(entry.key)
+        self._dirty_items.update((entry.rule, field_name, name) for field_name in RULE_ITEM_FIELDS for name in getattr(entry, field_name))
 
     def snapshot(self) -> dict[str, bytes]:
         return {key: data for key in self.keys() if (data := self.to_bytes(key)) is not None}
@@ -242,15 +349,37 @@ class AlertCenterState:
         state = cls()
         for key, data in items:
             state.from_bytes(key, data)
+        for entry in state.rules.values():
+            # Item keys come back in key order, and the episode's firing alerts keep their join order.
+            entry.firing = dict(sorted(entry.firing.items(), key=lambda item: item[1]))
         return state
 
 
-def _load(key: str, data: bytes) -> dict[str, Any]:
+_EXPECTED_KEYS = "expected alert/<fingerprint>, rule/<rule> or rule-item/<rule>\\x1f<field>\\x1f<name>"
+
+
+def _split_item_key(key: str) -> tuple[str, str, str]:
+    parts = key[len(RULE_ITEM_PREFIX):].split(ITEM_SEPARATOR, 2)
+    if len(parts) != 3 or parts[1] not in RULE_ITEM_FIELDS:
+        raise KeyError(f"invalid alert center state key {key!r}: {_EXPECTED_KEYS}, with a field of {', '.join(RULE_ITEM_FIELDS)}")
+    return parts[0], parts[1], parts[2]
+
+
+def _load(key: str, data: bytes, versions: tuple[int, ...]) -> tuple[dict[str, Any], int]:
+    """Parse a stored entry of one of `versions`. Returns its fields and its version."""
     try:
         values = orjson.loads(data)
     except orjson.JSONDecodeError as error:
         raise DecodeError(f"invalid alert center state at {key}: {error}") from None
     version = values.pop("v", None)
-    if version != STATE_VERSION:
-        raise DecodeError(f"alert center state at {key} has version {version!r}, expected {STATE_VERSION}")
-    return values
+    if version not in versions:
+        expected = " or ".join(str(number) for number in versions)
+        raise DecodeError(f"alert center state at {key} has version {version!r}, expected {expected}")
+    return values, version
+
+
+def _load_item(key: str, data: bytes) -> Any:
+    try:
+        return orjson.loads(data)
+    except orjson.JSONDecodeError as error:
+        raise DecodeError(f"invalid alert center state at {key}: {error}") from None
