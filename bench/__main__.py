@@ -25,7 +25,7 @@ from bench import latency, memory, replay_speed, throughput
 
 # Options of each benchmark for the default run and for --quick.
 DEFAULT_ARGUMENTS = {
-    "throughput": ["--changes", "50000", "--profile"],
+    "throughput": ["--changes", "50000", "--workers", "2", "--profile"],
     "latency": [],
     "replay_speed": ["--pods", "10000", "--hours", "2"],
     "memory": ["--tracked", "0,100000,250000", "--partition-scan", "1,6,12", "--scan-tracked", "100000"],

@@ -449,9 +449,10 @@ def run_workers(prefill_: Prefill, rules: list[Path], name: str, count: int, wor
     """Run `count` worker processes in one consumer group, each with a state folder of its own, and
     measure their changes per second together.
 
-    They start together, but a group's first assignment can come before every worker has joined, so
-    the clock starts only when each worker owns a partition and they own every partition between them.
-    The changes processed before that are left out of the rate.
+    They start together, but a group's first assignment can come before every worker has joined, and
+    a worker starts processing a second or more after it owns its partitions. So the clock starts
+    when each worker owns a partition, they own every partition between them, and each has processed
+    a change since. As for one worker, the changes processed before that are left out of the rate.
     """
     base = prefill_.topics.settings
     app_id = f"{base.changes_topic}-workers-{time.monotonic_ns()}"
@@ -460,6 +461,8 @@ def run_workers(prefill_: Prefill, rules: list[Path], name: str, count: int, wor
     samplers: list[RssSampler] = []
     samples: list[tuple[float, float]] = []
     first: tuple[float, float, list[ProcessTimes]] | None = None
+    # Each worker's change count when they first owned every partition between them.
+    owned_at: list[float] | None = None
     try:
         for index in range(count):
             settings = base.replace(app_id=app_id, state_dir=prefill_.topics.work_dir / f"{app_id}-{index}")
@@ -478,7 +481,10 @@ def run_workers(prefill_: Prefill, rules: list[Path], name: str, count: int, wor
                 changes = sum(metrics.get("kdiag_worker_changes_total", 0.0) for metrics in scraped)
                 records = sum(metric_sum(metrics, "kdiag_worker_records_total") for metrics in scraped)
                 owned = [metrics.get("kdiag_worker_partitions", 0.0) for metrics in scraped]
-                if first is None and min(owned) > 0 and sum(owned) >= base.partitions:
+                counts = [metrics.get("kdiag_worker_changes_total", 0.0) for metrics in scraped]
+                if owned_at is None and min(owned) > 0 and sum(owned) >= base.partitions:
+                    owned_at = counts
+                if first is None and owned_at is not None and all(count > start for count, start in zip(counts, owned_at)):
                     first = (now, changes, [process_times(worker.pid) or ProcessTimes(0.0, 0.0, 0) for worker in workers])
                 if first is not None:
                     samples.append((now, changes))
@@ -493,7 +499,7 @@ def run_workers(prefill_: Prefill, rules: list[Path], name: str, count: int, wor
         for worker in workers:
             worker.stop()
     if first is None or len(samples) < 2:
-        raise BenchError(f"{name}: the workers finished before each of them owned a partition; use more --changes")
+        raise BenchError(f"{name}: the workers finished before each of them processed changes of its own partitions; use more --changes")
     end_time, end_changes = samples[-1]
     seconds = end_time - first[0]
     counted = end_changes - first[1]
@@ -758,10 +764,15 @@ def _measure(args: argparse.Namespace, filled: Prefill) -> dict[str, Any]:
     worker_env = dict(args.worker_env)
     results["worker_pack"] = run_worker(filled, pack, f"worker, {pack_count} rules", worker_env=worker_env)
     results["worker_100"] = run_worker(filled, hundred, f"worker, {RULE_COUNT} rules", worker_env=worker_env)
+    workers_error = None
     if args.workers > 1:
-        results[f"workers_{args.workers}_100"] = run_workers(
-            filled, hundred, f"{args.workers} workers in one group, {RULE_COUNT} rules", args.workers, worker_env=worker_env
-        )
+        # A failed run of several workers must not lose the figures of the single worker.
+        try:
+            results[f"workers_{args.workers}_100"] = run_workers(
+                filled, hundred, f"{args.workers} workers in one group, {RULE_COUNT} rules", args.workers, worker_env=worker_env
+            )
+        except BenchError as error:
+            workers_error = str(error)
     if not args.no_quix:
         results["quix_pack"] = run_quix(filled, pack, f"quix-streams peer, {pack_count} rules")
         results["quix_100"] = run_quix(filled, hundred, f"quix-streams peer, {RULE_COUNT} rules")
@@ -795,6 +806,8 @@ def _measure(args: argparse.Namespace, filled: Prefill) -> dict[str, Any]:
         if f"quix_{rule_label}" in results:
             ratios[f"worker_over_quix_{rule_label}"] = worker / results[f"quix_{rule_label}"].changes_per_second
     lines.append("ratios: " + ", ".join(f"{name} {value:.2f}" for name, value in ratios.items()))
+    if workers_error is not None:
+        lines.append(f"{args.workers} workers failed: {workers_error}")
     lines += [f"profile failed: {error}" for error in profile_errors]
     for label, profile in profiles.items():
         lines.append(
@@ -813,6 +826,7 @@ def _measure(args: argparse.Namespace, filled: Prefill) -> dict[str, Any]:
         "rules": {"pack": pack_count, "variants": variant_count},
         "results": {name: result.figures() for name, result in results.items()},
         "ratios": {name: round(value, 3) for name, value in ratios.items()},
+        "workers_error": workers_error,
         "profile_errors": profile_errors,
         "profiles": {
             label: {
