@@ -8,7 +8,6 @@ The caller owns the state, feeds every partition's inputs in order, and persists
 from __future__ import annotations
 
 import copy
-import math
 from collections.abc import Callable, Mapping
 from typing import Any
 
@@ -184,30 +183,23 @@ class AlertCenter:
         without a source (resolveReason "expired"; time and resolvedAt are the expiry time).
 
         With `cluster`, only that cluster's alerts expire. Call it with a time up to which every event
-        of the cluster has been processed, such as the cluster's watermark. Once the cluster's earliest
-        expiry has passed, it checks the cluster's firing alerts in fingerprint order.
+        of the cluster has been processed, such as the cluster's watermark. It checks only the alerts
+        whose earliest source expiry has passed, in fingerprint order, so its cost does not grow with
+        the alerts that keep firing.
         """
         if now_ms is None:
             if self._clock is None:
                 raise ValueError("advance() needs now_ms when the AlertCenter has no clock")
             now_ms = self._clock()
-        clusters = [cluster] if cluster is not None else sorted({entry.cluster for entry in state.alerts.values()})
+        clusters = [cluster] if cluster is not None else state.clusters()
         outputs: list[GradedAlert] = []
         for name in clusters:
-            next_expiry_ms = state.next_expiry_ms.get(name)
-            if next_expiry_ms is not None and now_ms < next_expiry_ms:
-                continue
-            next_expiry_ms = math.inf
-            for fingerprint in sorted(state.alerts):
-                entry = state.alerts[fingerprint]
-                if entry.cluster != name:
-                    continue
-                outputs.extend(self._expire(entry, now_ms, state))
-                if state.alerts.get(fingerprint) is entry:
-                    for member in entry.members.values():
-                        if member.expires_at_ms is not None:
-                            next_expiry_ms = min(next_expiry_ms, member.expires_at_ms)
-            state.next_expiry_ms[name] = next_expiry_ms
+            for fingerprint in state.due_alerts(name, now_ms):
+                entry = state.alerts.get(fingerprint)
+                # An alert that resolved since has no entry. One that keeps some sources is put again,
+                # which pushes its next expiry.
+                if entry is not None and entry.cluster == name:
+                    outputs.extend(self._expire(entry, now_ms, state))
         return outputs
 
     def _expire(self, entry: AlertEntry, now_ms: int, state: AlertCenterState) -> list[GradedAlert]:

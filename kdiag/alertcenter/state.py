@@ -11,6 +11,7 @@ last took them; a key whose entry is gone is to be deleted.
 
 from __future__ import annotations
 
+import heapq
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field, fields, replace
 from typing import Any
@@ -234,20 +235,42 @@ class AlertCenterState:
         self.dirty: set[str] = set()
         # Rule members changed since the last take_changes, as rule_item_key arguments.
         self._dirty_items: set[tuple[str, str, str]] = set()
-        # Per cluster, the time before which no member of its alerts expires (math.inf: none expires).
-        # A cluster without a value is not known, so AlertCenter.advance checks its alerts and sets it.
-        self.next_expiry_ms: dict[str, float] = {}
+        # Per cluster, a heap of (earliest expiry among an alert's sources, fingerprint), pushed whenever
+        # an alert is put. Entries of alerts that changed or resolved since stay until due_alerts pops them.
+        self._expiries: dict[str, list[tuple[int, str]]] = {}
 
     # Changes
 
     def put_alert(self, entry: AlertEntry) -> None:
         self.alerts[entry.fingerprint] = entry
         self.dirty.add(entry.key)
-        next_expiry_ms = self.next_expiry_ms.get(entry.cluster)
-        if next_expiry_ms is not None:
-            for member in entry.members.values():
-                if member.expires_at_ms is not None and member.expires_at_ms < next_expiry_ms:
-                    next_expiry_ms = self.next_expiry_ms[entry.cluster] = member.expires_at_ms
+        self._push_expiry(entry)
+
+    def _push_expiry(self, entry: AlertEntry) -> None:
+        expiries = [member.expires_at_ms for member in entry.members.values() if member.expires_at_ms is not None]
+        if not expiries:
+            return
+        heap = self._expiries.setdefault(entry.cluster, [])
+        heapq.heappush(heap, (min(expiries), entry.fingerprint))
+        if len(heap) > 2 * len(self.alerts) + 1024:
+            # Out-of-date entries outnumber the alerts: keep one entry per alert of the cluster.
+            self._expiries[entry.cluster] = []
+            for alert in self.alerts.values():
+                if alert.cluster == entry.cluster:
+                    self._push_expiry(alert)
+
+    def due_alerts(self, cluster: str, now_ms: int) -> list[str]:
+        """Return, in fingerprint order, the cluster's alerts that may have a source that expired by
+        `now_ms`, and forget them. A caller that keeps such an alert puts it again."""
+        heap = self._expiries.get(cluster)
+        due: set[str] = set()
+        while heap and heap[0][0] <= now_ms:
+            due.add(heapq.heappop(heap)[1])
+        return sorted(due)
+
+    def clusters(self) -> list[str]:
+        """Return the clusters that have alerts with an expiry, in order."""
+        return sorted(cluster for cluster, heap in self._expiries.items() if heap)
 
     def delete_alert(self, fingerprint: str) -> None:
         self.alerts.pop(fingerprint, None)
@@ -307,7 +330,7 @@ class AlertCenterState:
             values, _ = _load(key, data, (STATE_VERSION,))
             values["members"] = {name: Member(**member) for name, member in values["members"].items()}
             entry = self.alerts[fingerprint] = AlertEntry(**values)
-            self.next_expiry_ms.pop(entry.cluster, None)
+            self._push_expiry(entry)
         elif key.startswith(RULE_PREFIX):
             rule = key[len(RULE_PREFIX):]
             if data is None:

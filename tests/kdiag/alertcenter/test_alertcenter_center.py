@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import itertools
 
 import pytest
@@ -499,6 +500,43 @@ def pod_warning(pod: str, minute: int, cluster: str = "c1"):
         },
         cluster=cluster,
     )
+
+
+def test_advance_resolves_due_alerts_in_fingerprint_order():
+    center = AlertCenter(AlertCenterConfig.from_mapping({"staleAfter": "15m"}))
+    state = AlertCenterState()
+    # Pod i warns at minute i, and every third pod again 10 minutes later, so expiries interleave.
+    steps: list = [pod_warning(f"pod-{i}", i) for i in range(30)]
+    steps += [pod_warning(f"pod-{i}", i + 10) for i in range(0, 30, 3)]
+    steps.sort(key=lambda event: event.observed_time_ms)
+    firing = {record["name"]: record["fingerprint"] for record in run(center, state, steps) if record["type"] == "FIRING"}
+    expiry = {name: T0 + (index + (10 if index % 3 == 0 else 0) + 15) * MINUTE_MS for index, name in enumerate(firing)}
+
+    resolved_before: set[str] = set()
+    for minute in (20, 25, 31, 44, 60):
+        now = T0 + minute * MINUTE_MS
+        records = run(center, state, [("advance", now)])
+        due = {name for name, time_ms in expiry.items() if time_ms <= now} - resolved_before
+        assert [record["fingerprint"] for record in records] == sorted(firing[name] for name in due)
+        assert all(record["resolvedAt"] == expiry[record["name"]] for record in records)
+        resolved_before |= due
+    assert not state.alerts
+
+
+def test_expiry_index_stays_bounded():
+    center = AlertCenter(AlertCenterConfig.from_mapping({"staleAfter": "15m"}))
+    state = AlertCenterState()
+    for second in range(5_000):
+        center.process(pod_warning("web-1", 0, cluster="c1") if second == 0 else repeat_warning("web-1", second), state)
+
+    assert len(state.alerts) == 1
+    # Every repeat pushes an expiry; out-of-date ones are dropped once they outnumber the alerts.
+    assert len(state._expiries["c1"]) <= 2 * len(state.alerts) + 1024
+
+
+def repeat_warning(pod: str, second: int):
+    event = pod_warning(pod, 0)
+    return dataclasses.replace(event, observed_time_ms=T0 + second * 1000)
 
 
 def test_expiry_independent_of_advance_calls():
