@@ -9,7 +9,9 @@ Warning events of distinct pods, each in an application of its own and 50 ms of 
 so none expires and the count of firing alerts grows. After every --batch events it takes the state
 changes, as the worker's alert center stage does before each transaction. For each range of firing alerts up
 to the next --firing value it prints the CPU time per event and the bytes of state written per
-event, which the worker puts into RocksDB and the changelog.
+event, which the worker puts into RocksDB and the changelog. At the end of each range it also
+advances the event time 20 times, as watermarks do, each time just past the next alert's expiry,
+and prints the CPU time per advance.
 """
 
 from __future__ import annotations
@@ -26,6 +28,9 @@ from kdiag.model import format_time_ms
 START_MS = 1_700_000_000_000
 EVENT_SPACING_MS = 50
 NAMESPACES = 500
+# The alert center's default staleAfter: a Warning alert expires this long after its last event.
+STALE_AFTER_MS = 15 * 60 * 1000
+ADVANCES = 20
 
 
 def warning_event(number: int) -> Event:
@@ -56,6 +61,7 @@ def measure(checkpoints: list[int], batch: int) -> list[dict[str, Any]]:
     state = AlertCenterState()
     results = []
     number = 0
+    expired = 0
     for checkpoint in checkpoints:
         first = number
         events = [warning_event(index) for index in range(first, checkpoint)]
@@ -68,12 +74,19 @@ def measure(checkpoints: list[int], batch: int) -> list[dict[str, Any]]:
         seconds = time.process_time() - started
         number = checkpoint
         count = checkpoint - first
+        started = time.process_time()
+        for _ in range(ADVANCES):
+            center.advance(state, now_ms=START_MS + expired * EVENT_SPACING_MS + STALE_AFTER_MS, cluster="bench")
+            expired += 1
+        advance_seconds = time.process_time() - started
+        state.take_changes()
         results.append(
             {
                 "firing_from": first,
                 "firing_to": checkpoint,
                 "cpu_us_per_event": round(seconds / count * 1e6, 1) if count else None,
                 "state_bytes_per_event": round(written / count) if count else None,
+                "cpu_us_per_advance": round(advance_seconds / ADVANCES * 1e6, 1),
                 "firing": len(state.alerts),
             }
         )
@@ -89,7 +102,8 @@ def main(argv: list[str] | None = None) -> int:
     results = measure(checkpoints, args.batch)
     lines = [
         f"{result['firing_from']:>6} to {result['firing_to']:>6} firing alerts: {result['cpu_us_per_event']} µs of CPU "
-        f"and {result['state_bytes_per_event']:,} bytes of state written per event"
+        f"and {result['state_bytes_per_event']:,} bytes of state written per event, "
+        f"{result['cpu_us_per_advance']} µs of CPU per advance that resolves one alert"
         for result in results
     ]
     report("center_state", lines, {"batch": args.batch, "ranges": results})
