@@ -457,6 +457,9 @@ class StoredEntries(EntryStorage):
         self._staged_objects.setdefault((entry.ref.cluster, entry.ref.uid), {})[entry.rule] = None
 
 
+RESTORE_FETCH_WAIT_MS = 10
+
+
 def restore(store: PartitionStore, bootstrap_servers: str, changelog_topic: str, timeout_seconds: float = 60.0) -> int:
     """Apply the changelog records after the store's checkpoint. Returns how many were applied.
 
@@ -471,6 +474,10 @@ def restore(store: PartitionStore, bootstrap_servers: str, changelog_topic: str,
             "enable.auto.commit": False,
             "isolation.level": "read_committed",
             "enable.partition.eof": True,
+            # The end of the partition shows only when a fetch returns empty. The broker holds such a
+            # fetch back for up to this long (librdkafka's default is 500 ms), and a new owner restores
+            # each partition of each stage in turn before it processes a record.
+            "fetch.wait.max.ms": RESTORE_FETCH_WAIT_MS,
         }
     )
     try:
