@@ -3,12 +3,13 @@
 from __future__ import annotations
 
 import argparse
+import fcntl
 import logging
 import os
 import sys
 import time
 from pathlib import Path
-from typing import Callable
+from typing import IO, Callable
 
 import faust
 from prometheus_client import start_http_server
@@ -70,6 +71,7 @@ def run(args: argparse.Namespace, settings: Settings) -> int:
             if value is not None
         }
     )
+    state_lock = lock_state_dir(settings)  # Held until the process exits at os._exit below.
     if not bound_free_arena_memory():
         log.info(
             "glibc allocator limits not set, so thread arenas keep their free memory",
@@ -121,6 +123,8 @@ def run(args: argparse.Namespace, settings: Settings) -> int:
     app, runtime = create_app(settings, rules, cluster_objects, graphs, center)
     code = 0
     worker = faust.Worker(app, quiet=True, redirect_stdouts=False, override_logging=False, loglevel="WARNING")
+    # Faust's startup spinner writes a terminal escape sequence even when stdout is a log file.
+    worker.spinner = None
     configure_collector(settings.gc_freeze_startup, settings.gc_young_threshold_objects)
     try:
         worker.execute_from_commandline()
@@ -142,6 +146,27 @@ def run(args: argparse.Namespace, settings: Settings) -> int:
     logging.shutdown()
     sys.stdout.flush()
     os._exit(code)
+
+
+def lock_state_dir(settings: Settings) -> IO[bytes]:
+    """Take the app id's lock in the state folder, held until the process exits, and return its file.
+
+    A worker opens each owned partition's RocksDB database in the state folder. Two workers of one
+    app id with one state folder would open the same databases when partitions move between them, so
+    the second one stops here with an error instead.
+    """
+    settings.state_dir.mkdir(parents=True, exist_ok=True)
+    path = settings.state_dir / f"{settings.app_id}.lock"
+    lock_file = open(path, "wb")
+    try:
+        fcntl.flock(lock_file, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        lock_file.close()
+        raise KdiagError(
+            f"another worker of app id {settings.app_id} uses the state folder {settings.state_dir} "
+            f"(it holds {path}); give each worker on one machine its own KDIAG_STATE_DIR or --state-dir"
+        ) from None
+    return lock_file
 
 
 def _start_graphs(args: argparse.Namespace, settings: Settings) -> tuple[GraphSet, RuleFeed | None]:
