@@ -197,7 +197,9 @@ class RuleEntry:
 
 
 def rule_item_key(rule: str, field_name: str, name: str) -> str:
-    return f"{RULE_ITEM_PREFIX}{rule}{ITEM_SEPARATOR}{field_name}{ITEM_SEPARATOR}{name}"
+    # The rule comes first, so a separator in its name is escaped; the name after the field may hold any.
+    escaped = rule.replace("%", "%25").replace(ITEM_SEPARATOR, "%1F")
+    return f"{RULE_ITEM_PREFIX}{escaped}{ITEM_SEPARATOR}{field_name}{ITEM_SEPARATOR}{name}"
 
 
 _ALERT_FIELDS = tuple(entry_field.name for entry_field in fields(AlertEntry))
@@ -321,7 +323,10 @@ class AlertCenterState:
 
     def from_bytes(self, key: str, data: bytes | None) -> None:
         """Restore one key from bytes written by to_bytes; None deletes the key. Leaves `dirty` alone,
-        except for a rule key of version 1, whose keys it marks changed (see _upgrade_rule)."""
+        except for a rule key of version 1, whose keys it marks changed (see _upgrade_rule).
+
+        Use restore() for a whole state: it also puts each episode's firing alerts back in join order.
+        """
         if key.startswith(ALERT_PREFIX):
             fingerprint = key[len(ALERT_PREFIX):]
             if data is None:
@@ -372,7 +377,11 @@ class AlertCenterState:
         state = cls()
         for key, data in items:
             state.from_bytes(key, data)
-        for entry in state.rules.values():
+        for rule, entry in list(state.rules.items()):
+            if entry.is_empty() and not entry.firing:
+                # Only deleted members of an ended episode were restored, e.g. from a compacted changelog.
+                del state.rules[rule]
+                continue
             # Item keys come back in key order, and the episode's firing alerts keep their join order.
             entry.firing = dict(sorted(entry.firing.items(), key=lambda item: item[1]))
         return state
@@ -385,7 +394,8 @@ def _split_item_key(key: str) -> tuple[str, str, str]:
     parts = key[len(RULE_ITEM_PREFIX):].split(ITEM_SEPARATOR, 2)
     if len(parts) != 3 or parts[1] not in RULE_ITEM_FIELDS:
         raise KeyError(f"invalid alert center state key {key!r}: {_EXPECTED_KEYS}, with a field of {', '.join(RULE_ITEM_FIELDS)}")
-    return parts[0], parts[1], parts[2]
+    rule = parts[0].replace("%1F", ITEM_SEPARATOR).replace("%25", "%")
+    return rule, parts[1], parts[2]
 
 
 def _load(key: str, data: bytes, versions: tuple[int, ...]) -> tuple[dict[str, Any], int]:

@@ -169,3 +169,26 @@ def test_entries_restore_from_bytes():
     assert restored.alerts["f1"].members == alert_entry().members
     assert restored.alerts["f1"].labels == alert_entry().labels
     assert restored.rules["PodCrashLooping"] == rule_entry()
+
+
+@pytest.mark.parametrize("rule", ["a\x1fb", "X\x1ffiring", "load 100%1F"], ids=["separator", "separator-field", "percent"])
+def test_rule_name_with_separator_round_trips(rule: str):
+    state = AlertCenterState()
+    entry = RuleEntry(rule, episode_start_ms=1_000)
+    entry.join("f1")
+    entry.add_application("ns/a", 1_000)
+    state.put_rule(entry)
+
+    restored = AlertCenterState.restore(sorted(state.take_changes().items()))
+
+    assert list(restored.rules) == [rule]
+    assert restored.rules[rule] == entry
+
+
+def test_deleted_members_alone_restore_nothing():
+    # A compacted changelog can keep the deletes of an ended episode's members but not its rule key.
+    state = AlertCenterState.restore(
+        [("rule-item/PodCrashLooping\x1ffiring\x1ff1", None), ("rule-item/PodCrashLooping\x1fapplications\x1fns/a", None)]
+    )
+    assert state.rules == {}
+    assert state.snapshot() == {}
