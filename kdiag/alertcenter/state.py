@@ -197,7 +197,7 @@ class RuleEntry:
 
 
 def rule_item_key(rule: str, field_name: str, name: str) -> str:
-    # The rule comes first, so a separator in its name is escaped; the name after the field may hold any.
+    # The rule comes first, so a separator in its name is escaped. The name after the field may hold any character.
     escaped = rule.replace("%", "%25").replace(ITEM_SEPARATOR, "%1F")
     return f"{RULE_ITEM_PREFIX}{escaped}{ITEM_SEPARATOR}{field_name}{ITEM_SEPARATOR}{name}"
 
