@@ -186,11 +186,7 @@ def test_history_replay_fires_and_resolves(make_pipeline, tmp_path: Path):
 def test_kill_during_replay_loses_and_repeats_nothing(make_pipeline, lose_local_state: bool):
     copies = [f"copy{i:02d}" for i in range(40)]
 
-    reference = make_pipeline("ref")
-    for cluster in copies:
-        reference.replay(str(HISTORY), "--cluster", cluster, "--hold", "1h")
-    reference.start_worker()
-    expected = reference.wait_for_alerts()
+    reference, expected = replay_reference(make_pipeline, copies)
 
     # The worker is killed while the input is still being written, so the kill lands mid-stream.
     interrupted = make_pipeline("kill")
@@ -216,11 +212,7 @@ def test_kill_during_replay_loses_and_repeats_nothing(make_pipeline, lose_local_
 def test_workers_share_and_hand_over_partitions(make_pipeline, tmp_path: Path):
     copies = [f"copy{i:02d}" for i in range(30)]
 
-    reference = make_pipeline("ref")
-    for cluster in copies:
-        reference.replay(str(HISTORY), "--cluster", cluster, "--hold", "1h")
-    reference.start_worker()
-    expected = reference.wait_for_alerts()
+    reference, expected = replay_reference(make_pipeline, copies)
 
     # A second worker joins the group a third of the way in, and the first stops two thirds of the way
     # in, so partitions move between live workers twice while the input is still being written.
@@ -240,6 +232,15 @@ def test_workers_share_and_hand_over_partitions(make_pipeline, tmp_path: Path):
     assert first.returncode == 0, scaled.worker_log()[-3000:]
     assert "partition stopped" in (scaled.log_dir / "worker-0.log").read_text()
     assert_same_alerts(scaled, reference, expected)
+
+
+def replay_reference(make_pipeline, clusters: list[str]) -> tuple:
+    """Replay the history once per cluster name to a single worker and return its pipeline and alerts."""
+    reference = make_pipeline("ref")
+    for cluster in clusters:
+        reference.replay(str(HISTORY), "--cluster", cluster, "--hold", "1h")
+    reference.start_worker()
+    return reference, reference.wait_for_alerts()
 
 
 def assert_same_alerts(pipeline, reference, expected: list[dict]) -> None:
@@ -355,8 +356,9 @@ def test_references_same_with_one_and_three_workers(make_pipeline, tmp_path: Pat
     runs = {}
     for workers in (1, 3):
         pipeline = make_pipeline(f"w{workers}")
-        for _ in range(workers):
-            pipeline.start_worker()
+        for index in range(workers):
+            # Workers that run at the same time need a state folder each.
+            pipeline.start_worker(state_dir=tmp_path / f"w{workers}-state-{index}")
         wait_until_assigned(pipeline, workers)
         pipeline.replay(str(history), "--cluster", "refs", "--hold", "1h")
         runs[workers] = sorted(alert_identity(alert) for alert in pipeline.wait_for_alerts())
