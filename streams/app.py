@@ -5,10 +5,11 @@
 - `grade-alerts` consumes the events and actions topics and writes graded alerts.
 
 Each agent takes batches (`take_events`) and hands them to its runtime, which commits each
-partition's outputs, state and next offset in one Kafka transaction. Faust acknowledges the events
-only after the agent's loop body returns, so the consumer group's committed offset never passes what
-the transactions committed. Records that Faust delivers again after a crash are recognised by
-offset and skipped.
+partition's outputs, state and next offset in one Kafka transaction. After the batch, the agent
+commits the consumer group's offsets from those committed next offsets, never from Faust's acks: a
+batch can hold records of a partition that was released meanwhile, which the runtime skips, and an
+ack would move the group past them. Records that Faust delivers again after a crash or a rebalance
+are recognised by offset and skipped.
 """
 
 from __future__ import annotations
@@ -88,7 +89,7 @@ def create_app(
     # event loop from assigning or releasing its partitions in the middle of a batch.
     rule_lock = threading.Lock()
     center_lock = threading.Lock()
-    changes = app.topic(settings.changes_topic, key_type=bytes, value_type=bytes, internal=False)
+    changes = app.topic(settings.changes_topic, key_type=bytes, value_type=bytes, internal=False, acks=False)
 
     @app.agent(changes, name="evaluate-rules")
     async def evaluate_rules(stream: faust.Stream) -> None:
@@ -105,6 +106,13 @@ def create_app(
             # The loop variables would keep the batch's record values (up to batch_max_records
             # records of up to max_record_bytes) alive until the next batch arrives.
             del events, records
+            offsets = {
+                TP(settings.changes_topic, partition): offset
+                for partition, offset in runtime.next_offsets().items()
+                if offset > 0  # Nothing of the partition processed yet: the group keeps its offset.
+            }
+            if offsets:
+                await app.consumer._commit_offsets(offsets)
 
     root_cause = RootCauseRuntime(settings, graphs if graphs is not None else GraphSet(pool_size=1))
     # The stages commit these topics' offsets themselves. With acks, Faust would keep each offset gap

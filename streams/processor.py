@@ -203,8 +203,10 @@ class PartitionProcessor:
                 # which would also trip this check; the connectors write without transactions.
                 raise OffsetGapError(
                     f"{self.topic}[{self.partition}] delivered offset {offset} but the committed state "
-                    f"ends before offset {self.next_offset}; restart the worker so that it resumes "
-                    f"from the consumer group's committed offset"
+                    f"ends before offset {self.next_offset}, so offsets {self.next_offset} to {offset - 1} "
+                    f"were never processed: the consumer group's offset passed them, or retention deleted "
+                    f"them. If they are still in the topic, reset the group's offset of this partition to "
+                    f"{self.next_offset} (kafka-consumer-groups --reset-offsets) and restart the worker"
                 )
         elif offset > self.next_offset:
             # The connectors write without transactions, so the offsets of a partition are contiguous.

@@ -281,6 +281,10 @@ class WorkerRuntime:
         self._untrimmed_batches += 1
         self.release_memory_if_due()
 
+    def next_offsets(self) -> dict[int, int]:
+        """Return the next offset of each owned partition, as the committed transactions recorded it."""
+        return {partition: runtime.processor.next_offset for partition, runtime in self.partitions.items()}
+
     def release_memory_if_due(self) -> bool:
         """Trim the C heap if a batch ran since the last trim and TRIM_INTERVAL_SECONDS have passed.
 

@@ -20,7 +20,7 @@ def test_create_app_stream_buffer_from_settings(tmp_path: Path):
         runtime.close()
 
 
-def test_acks_only_on_changes_topic(tmp_path: Path):
+def test_no_topic_committed_from_acks(tmp_path: Path):
     settings = Settings(state_dir=tmp_path)
 
     app, runtime = create_app(settings, lambda: RuleSet([]))
@@ -29,9 +29,9 @@ def test_acks_only_on_changes_topic(tmp_path: Path):
         for agent in app.agents.values():
             for topic in agent.channel.topics:
                 acks[topic] = agent.channel.acks
-        # Faust commits the changes topic from its acks. The stages commit the transactional topics.
+        # Each stage commits its input topics' offsets from its committed transactions.
         assert set(acks) == {settings.changes_topic, settings.diagnoses_topic, settings.events_topic, settings.actions_topic}
-        assert acks[settings.changes_topic] is True
+        assert acks[settings.changes_topic] is False
         assert acks[settings.diagnoses_topic] is False
         assert acks[settings.events_topic] is False
         assert acks[settings.actions_topic] is False
