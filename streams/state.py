@@ -474,9 +474,9 @@ def restore(store: PartitionStore, bootstrap_servers: str, changelog_topic: str,
             "enable.auto.commit": False,
             "isolation.level": "read_committed",
             "enable.partition.eof": True,
-            # The end of the partition shows only when a fetch returns empty. The broker holds such a
-            # fetch back for up to this long (librdkafka's default is 500 ms), and a new owner restores
-            # each partition of each stage in turn before it processes a record.
+            # The end of the partition shows only when a fetch returns empty. The broker delays such a
+            # fetch by up to this long (librdkafka's default is 500 ms), and a new owner restores each
+            # partition of each stage in turn before it processes a record.
             "fetch.wait.max.ms": RESTORE_FETCH_WAIT_MS,
         }
     )

@@ -20,12 +20,12 @@ def settings_for(state_dir: Path, app_id: str = "team-worker"):
 
 
 def test_second_lock_of_app_id_rejected(tmp_path: Path):
-    held = lock_state_dir(settings_for(tmp_path))
+    first_lock = lock_state_dir(settings_for(tmp_path))
     try:
         with pytest.raises(KdiagError) as raised:
             lock_state_dir(settings_for(tmp_path))
     finally:
-        held.close()
+        first_lock.close()
 
     message = str(raised.value)
     assert f"another worker of app id team-worker uses the state folder {tmp_path}" in message
@@ -45,7 +45,7 @@ def test_lock_free_after_close(tmp_path: Path):
 
 
 def test_worker_command_stops_on_held_lock(tmp_path: Path):
-    held = lock_state_dir(settings_for(tmp_path))
+    first_lock = lock_state_dir(settings_for(tmp_path))
     try:
         # The lock comes before any broker connection, so no broker is needed here.
         result = subprocess.run(
@@ -57,7 +57,7 @@ def test_worker_command_stops_on_held_lock(tmp_path: Path):
             env={"PATH": "/usr/bin:/bin", "KDIAG_BOOTSTRAP_SERVERS": "127.0.0.1:9"},
         )
     finally:
-        held.close()
+        first_lock.close()
 
     assert result.returncode == 2
     assert "another worker of app id team-worker uses the state folder" in result.stderr
