@@ -469,12 +469,14 @@ def run_workers(prefill_: Prefill, rules: list[Path], name: str, count: int, wor
             worker = WorkerProcess(BenchTopics(settings, prefill_.topics.work_dir), rules=rules, label=f"{app_id}-{index}", extra_env=worker_env)
             workers.append(worker)
             samplers.append(RssSampler(worker.pid).start())
-        deadline = time.monotonic() + _run_timeout(prefill_) + 120
+        # The workers' rebalance comes on top of one worker's time.
+        timeout_seconds = _run_timeout(prefill_) + 120
+        deadline = time.monotonic() + timeout_seconds
         while True:
             for worker in workers:
                 worker.check_running()
             if time.monotonic() > deadline:
-                raise BenchError(f"{name} did not finish within the time allowed:\n{workers[0].log_tail()}")
+                raise BenchError(f"{name} timed out after {timeout_seconds:.0f} s:\n{workers[0].log_tail()}")
             scraped = [worker.metrics((*PROGRESS_METRICS, "kdiag_worker_partitions")) for worker in workers]
             now = time.monotonic()
             if all(metrics is not None for metrics in scraped):

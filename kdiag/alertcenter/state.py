@@ -22,7 +22,7 @@ from kdiag import json_bytes
 from kdiag.errors import DecodeError
 
 STATE_VERSION = 1
-# Version 1 of a rule key held its firing alerts, applications, tenants and history too.
+# Version 1 of a rule key also contained its firing alerts, applications, tenants and history.
 RULE_STATE_VERSION = 2
 ALERT_PREFIX = "alert/"
 RULE_PREFIX = "rule/"
@@ -407,7 +407,10 @@ def _load(key: str, data: bytes, versions: tuple[int, ...]) -> tuple[dict[str, A
     version = values.pop("v", None)
     if version not in versions:
         expected = " or ".join(str(number) for number in versions)
-        raise DecodeError(f"alert center state at {key} has version {version!r}, expected {expected}")
+        raise DecodeError(
+            f"alert center state at {key} has version {version!r}, expected {expected}; "
+            f"run the kdiag version that wrote it, or clear the alert center's changelog and local state"
+        )
     return values, version
 
 
